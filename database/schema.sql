@@ -1,0 +1,1147 @@
+-- =============================================================================
+-- agentapi-db: the complete multi-tenant schema for AgentAPI
+--
+-- Apply to an empty database, as a superuser, on PostgreSQL 15 or newer:
+--
+--     psql -v ON_ERROR_STOP=1 -f database/schema.sql
+--
+-- The public names in this file are the contract in shared/spec/contract.md.
+-- The file is organised in sections, one concern each:
+--
+--   1. Preconditions, roles and schemas         (as the superuser)
+--   2. Extensions                               (as the superuser)
+--   3. Types
+--   4. Tables, constraints and indexes          (everything below: as agentapi_owner)
+--   5. Request context helpers (agentapi_auth)
+--   6. Triggers
+--   7. Row-level security
+--   8. Functions
+--   9. Audit partitions
+--  10. Views
+--  11. Grants
+--
+-- Design notes (see docs/schema.md for the long form):
+--   * The acting user comes from the transaction-local setting app.user_id.
+--     Organisation, role and the active flag are always derived from `users`
+--     by SECURITY DEFINER helpers in the schema agentapi_auth; nothing the
+--     caller sets by itself is trusted for them.
+--   * Every policy calls those helpers wrapped in a scalar subquery,
+--     `(SELECT agentapi_auth.user_id())`, so each runs once per statement as
+--     an InitPlan, never once per row.
+--   * Tables are owned by agentapi_owner and FORCE ROW LEVEL SECURITY, so even
+--     the owner goes through policies (it has explicit owner policies, and on
+--     audit_logs those allow only SELECT and INSERT).
+-- =============================================================================
+
+\set ON_ERROR_STOP 1
+SET client_min_messages = warning;
+
+-- -----------------------------------------------------------------------------
+-- 1. Preconditions, roles and schemas
+-- -----------------------------------------------------------------------------
+
+DO $$
+BEGIN
+    IF current_setting('server_version_num')::int < 150000 THEN
+        RAISE EXCEPTION 'agentapi-db needs PostgreSQL 15 or newer (this server is %)',
+            current_setting('server_version');
+    END IF;
+END
+$$;
+
+-- The three group roles of the contract. They are NOLOGIN: deployments grant
+-- them to real login roles. Attributes are (re)asserted on every apply so that
+-- a pre-existing role with the wrong attributes is corrected, not trusted.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_owner') THEN
+        CREATE ROLE agentapi_owner NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_app') THEN
+        CREATE ROLE agentapi_app NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_service') THEN
+        CREATE ROLE agentapi_service NOLOGIN;
+    END IF;
+END
+$$;
+
+ALTER ROLE agentapi_owner   NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION;
+ALTER ROLE agentapi_app     NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION;
+ALTER ROLE agentapi_service NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS   NOREPLICATION;
+
+COMMENT ON ROLE agentapi_owner IS
+    'Owns every agentapi-db object; migrations run as it. Tables FORCE row-level security, so it too goes through policies.';
+COMMENT ON ROLE agentapi_app IS
+    'What the application acts as. Always subject to RLS; owns nothing; never superuser or BYPASSRLS.';
+COMMENT ON ROLE agentapi_service IS
+    'Provisioning and maintenance (organizations, first admins, global prompts, cleanup, key rotation, retention). BYPASSRLS: act as it with SET ROLE, since the attribute is not inherited.';
+
+-- Schemas. The application's tables live in public; helpers and extensions in
+-- schemas of their own.
+CREATE SCHEMA IF NOT EXISTS extensions AUTHORIZATION agentapi_owner;
+CREATE SCHEMA IF NOT EXISTS agentapi_auth AUTHORIZATION agentapi_owner;
+COMMENT ON SCHEMA extensions IS 'Extensions used by agentapi-db (pgcrypto, uuid-ossp), kept out of public.';
+COMMENT ON SCHEMA agentapi_auth IS
+    'Request-context helpers used by row-level security policies: SECURITY DEFINER, STABLE, pinned search_path, EXECUTE revoked from PUBLIC.';
+
+-- PUBLIC gets nothing: not the public schema, not our functions or types.
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+GRANT USAGE, CREATE ON SCHEMA public TO agentapi_owner;
+REVOKE ALL ON SCHEMA extensions FROM PUBLIC;
+REVOKE ALL ON SCHEMA agentapi_auth FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- 2. Extensions
+-- -----------------------------------------------------------------------------
+
+CREATE EXTENSION IF NOT EXISTS "uuid-ossp" WITH SCHEMA extensions;
+CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA extensions;
+
+DO $$
+BEGIN
+    IF (SELECT n.nspname FROM pg_catalog.pg_extension e
+          JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+         WHERE e.extname = 'pgcrypto') <> 'extensions' THEN
+        RAISE EXCEPTION 'pgcrypto is installed outside the schema "extensions"; move it with ALTER EXTENSION pgcrypto SET SCHEMA extensions';
+    END IF;
+END
+$$;
+
+-- Everything from here on is created by, and owned by, agentapi_owner.
+SET ROLE agentapi_owner;
+
+-- Objects created later by agentapi_owner never leak to PUBLIC.
+ALTER DEFAULT PRIVILEGES FOR ROLE agentapi_owner REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES FOR ROLE agentapi_owner REVOKE USAGE ON TYPES FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- 3. Types
+-- -----------------------------------------------------------------------------
+
+CREATE TYPE public.user_role AS ENUM ('admin', 'user');
+CREATE TYPE public.mcp_type AS ENUM ('http', 'sse', 'stdio');
+CREATE TYPE public.auth_type AS ENUM ('none', 'bearer', 'oauth');
+CREATE TYPE public.prompt_scope AS ENUM ('global', 'organization', 'user');
+
+COMMENT ON TYPE public.user_role IS 'A user''s role in their organization: admin manages the organization, user is a member.';
+COMMENT ON TYPE public.mcp_type IS 'How an MCP server is reached: http or sse (needs an http(s) endpoint) or stdio (needs a command).';
+COMMENT ON TYPE public.auth_type IS 'How AgentAPI authenticates to an MCP server: none, bearer (encrypted bearer_token) or oauth (per-user tokens).';
+COMMENT ON TYPE public.prompt_scope IS 'Layer of a system prompt: global (platform), organization, or user.';
+
+REVOKE ALL ON TYPE public.user_role, public.mcp_type, public.auth_type, public.prompt_scope FROM PUBLIC;
+
+-- -----------------------------------------------------------------------------
+-- 4. Tables, constraints and indexes
+-- -----------------------------------------------------------------------------
+
+-- 4.1 organizations ------------------------------------------------------------
+
+CREATE TABLE public.organizations (
+    id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text        NOT NULL,
+    slug        text        NOT NULL,
+    metadata    jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT organizations_slug_key UNIQUE (slug),
+    CONSTRAINT organizations_name_not_blank CHECK (btrim(name) <> '' AND length(name) <= 200),
+    CONSTRAINT organizations_slug_format CHECK (slug ~ '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$'),
+    CONSTRAINT organizations_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
+);
+
+COMMENT ON TABLE public.organizations IS 'Tenants. Everything else belongs to exactly one organization (global prompts excepted).';
+COMMENT ON COLUMN public.organizations.slug IS 'URL-safe unique handle: lowercase letters, digits and inner hyphens, 1-63 characters.';
+COMMENT ON COLUMN public.organizations.metadata IS 'Free-form JSON object for the application.';
+
+-- 4.2 users --------------------------------------------------------------------
+
+CREATE TABLE public.users (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
+    email            text        NOT NULL,
+    role             public.user_role NOT NULL DEFAULT 'user',
+    is_active        boolean     NOT NULL DEFAULT true,
+    metadata         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    last_login_at    timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Target of the composite foreign keys that tie a row's user to its organization.
+    CONSTRAINT users_id_organization_id_key UNIQUE (id, organization_id),
+    CONSTRAINT users_email_format CHECK (
+        length(email) <= 320
+        AND email ~ '^[A-Za-z0-9.!#$%&''*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$'
+    ),
+    CONSTRAINT users_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
+);
+
+-- Unique per organization and case-insensitive; deliberately not global, since
+-- a global index would tell one tenant which emails another tenant has.
+CREATE UNIQUE INDEX users_organization_id_email_key ON public.users (organization_id, lower(email));
+
+COMMENT ON TABLE public.users IS 'Users of an organization. A user belongs to exactly one organization.';
+COMMENT ON COLUMN public.users.email IS 'Validated address; unique per organization, case-insensitively.';
+COMMENT ON COLUMN public.users.role IS 'admin manages the organization; user is a member.';
+COMMENT ON COLUMN public.users.is_active IS 'An inactive user acts as nobody: with app.user_id naming them, no row is visible or writable.';
+COMMENT ON COLUMN public.users.last_login_at IS 'Set by the application on login; a member may update their own.';
+
+-- 4.3 user_sessions ------------------------------------------------------------
+
+CREATE TABLE public.user_sessions (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id          uuid        NOT NULL,
+    organization_id  uuid        NOT NULL,
+    workspace_path   text        NOT NULL,
+    system_prompt    text,
+    metadata         jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz,
+    last_active_at   timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT user_sessions_user_fkey FOREIGN KEY (user_id, organization_id)
+        REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT user_sessions_workspace_path_valid CHECK (
+        btrim(workspace_path) <> ''
+        AND length(workspace_path) <= 4096
+        AND workspace_path !~ '(^|/)\.\.(/|$)'
+    ),
+    CONSTRAINT user_sessions_expires_after_created CHECK (expires_at IS NULL OR expires_at > created_at),
+    CONSTRAINT user_sessions_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
+);
+
+-- Own sessions of a user (and the composite foreign key).
+CREATE INDEX user_sessions_user_id_idx ON public.user_sessions (user_id, organization_id, created_at DESC);
+-- Admin pages: an organization's sessions, newest first, keyset by (created_at, id).
+CREATE INDEX user_sessions_organization_id_idx ON public.user_sessions (organization_id, created_at DESC, id DESC);
+-- Cleanup: the sessions that can expire.
+CREATE INDEX user_sessions_expires_at_idx ON public.user_sessions (expires_at) WHERE expires_at IS NOT NULL;
+
+COMMENT ON TABLE public.user_sessions IS 'Agent sessions, each with its own workspace. A session''s user always belongs to the session''s organization.';
+COMMENT ON COLUMN public.user_sessions.workspace_path IS 'The session''s workspace; not blank, at most 4096 characters, no ".." segment.';
+COMMENT ON COLUMN public.user_sessions.system_prompt IS 'Optional override that replaces the layered prompts for this session.';
+COMMENT ON COLUMN public.user_sessions.expires_at IS 'When the session ends; NULL never expires. Must be after created_at.';
+COMMENT ON COLUMN public.user_sessions.last_active_at IS 'Touched by the application while the session is used.';
+COMMENT ON CONSTRAINT user_sessions_user_fkey ON public.user_sessions IS 'The session''s user belongs to the session''s organization.';
+
+-- 4.4 mcp_configurations ------------------------------------------------------
+
+CREATE TABLE public.mcp_configurations (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
+    user_id          uuid,
+    name             text        NOT NULL,
+    type             public.mcp_type NOT NULL,
+    endpoint         text,
+    command          text,
+    args             jsonb       NOT NULL DEFAULT '[]'::jsonb,
+    env              jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    auth_type        public.auth_type NOT NULL DEFAULT 'none',
+    bearer_token     text,
+    oauth_provider   text,
+    enabled          boolean     NOT NULL DEFAULT true,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT mcp_configurations_user_fkey FOREIGN KEY (user_id, organization_id)
+        REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    -- Target of mcp_oauth_tokens' foreign key: a token's config is in the token's organization.
+    CONSTRAINT mcp_configurations_id_organization_id_key UNIQUE (id, organization_id),
+    -- Names are unique among an organization's org-wide configs (user_id NULL)
+    -- and among one user's own configs. NULLS NOT DISTINCT makes NULL user_ids collide.
+    CONSTRAINT mcp_configurations_name_key UNIQUE NULLS NOT DISTINCT (organization_id, user_id, name),
+    CONSTRAINT mcp_configurations_name_not_blank CHECK (btrim(name) <> '' AND length(name) <= 200),
+    CONSTRAINT mcp_configurations_http_needs_endpoint CHECK (
+        type NOT IN ('http', 'sse')
+        OR (endpoint IS NOT NULL AND endpoint ~* '^https?://[^[:space:]/?#]+[^[:space:]]*$' AND command IS NULL)
+    ),
+    CONSTRAINT mcp_configurations_stdio_needs_command CHECK (
+        type <> 'stdio' OR (command IS NOT NULL AND btrim(command) <> '' AND endpoint IS NULL)
+    ),
+    CONSTRAINT mcp_configurations_bearer_token_iff_bearer CHECK ((auth_type = 'bearer') = (bearer_token IS NOT NULL)),
+    CONSTRAINT mcp_configurations_oauth_provider_iff_oauth CHECK (
+        (auth_type = 'oauth') = (oauth_provider IS NOT NULL)
+        AND (oauth_provider IS NULL OR btrim(oauth_provider) <> '')
+    ),
+    CONSTRAINT mcp_configurations_args_array CHECK (jsonb_typeof(args) = 'array'),
+    CONSTRAINT mcp_configurations_env_object CHECK (jsonb_typeof(env) = 'object')
+);
+
+-- Personal configs of a user (and the composite foreign key to users).
+CREATE INDEX mcp_configurations_user_id_idx ON public.mcp_configurations (user_id, organization_id) WHERE user_id IS NOT NULL;
+
+COMMENT ON TABLE public.mcp_configurations IS 'MCP server configurations: organization-wide (user_id NULL) or personal to one user.';
+COMMENT ON COLUMN public.mcp_configurations.user_id IS 'NULL: organization-wide, managed by admins. Otherwise: personal to this user, visible only to them. The scope of a configuration never changes.';
+COMMENT ON COLUMN public.mcp_configurations.endpoint IS 'http(s) URL; required for http and sse, absent for stdio.';
+COMMENT ON COLUMN public.mcp_configurations.command IS 'Executable to launch; required for stdio, absent for http and sse.';
+COMMENT ON COLUMN public.mcp_configurations.args IS 'JSON array of command-line arguments.';
+COMMENT ON COLUMN public.mcp_configurations.env IS 'JSON object of environment variables. Stored in clear: put secrets in bearer_token or OAuth tokens, not here.';
+COMMENT ON COLUMN public.mcp_configurations.bearer_token IS 'Ciphertext from encrypt_token(); present exactly when auth_type = bearer.';
+COMMENT ON COLUMN public.mcp_configurations.oauth_provider IS 'OAuth provider name; present exactly when auth_type = oauth.';
+COMMENT ON CONSTRAINT mcp_configurations_name_key ON public.mcp_configurations IS 'Names are unique among an organization''s org-wide configs and among one user''s personal configs.';
+
+-- 4.5 mcp_oauth_tokens --------------------------------------------------------
+
+CREATE TABLE public.mcp_oauth_tokens (
+    id                     uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id                uuid        NOT NULL,
+    organization_id        uuid        NOT NULL,
+    mcp_configuration_id   uuid        NOT NULL,
+    oauth_provider         text        NOT NULL,
+    access_token           text        NOT NULL,
+    refresh_token          text,
+    token_type             text        NOT NULL DEFAULT 'Bearer',
+    scope                  text,
+    expires_at             timestamptz,
+    refresh_claimed_until  timestamptz,
+    refresh_claimed_by     text,
+    refresh_failure_count  integer     NOT NULL DEFAULT 0,
+    last_refresh_error     text,
+    last_refreshed_at      timestamptz,
+    created_at             timestamptz NOT NULL DEFAULT now(),
+    updated_at             timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT mcp_oauth_tokens_user_fkey FOREIGN KEY (user_id, organization_id)
+        REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT mcp_oauth_tokens_configuration_fkey FOREIGN KEY (mcp_configuration_id, organization_id)
+        REFERENCES public.mcp_configurations (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    -- One row per user and configuration (a user has one organization, so this is that rule).
+    CONSTRAINT mcp_oauth_tokens_user_configuration_key UNIQUE (user_id, organization_id, mcp_configuration_id),
+    CONSTRAINT mcp_oauth_tokens_provider_not_blank CHECK (btrim(oauth_provider) <> ''),
+    CONSTRAINT mcp_oauth_tokens_token_type_not_blank CHECK (btrim(token_type) <> ''),
+    CONSTRAINT mcp_oauth_tokens_failure_count_nonnegative CHECK (refresh_failure_count >= 0)
+);
+
+CREATE INDEX mcp_oauth_tokens_configuration_idx ON public.mcp_oauth_tokens (mcp_configuration_id, organization_id);
+-- Refresh workers claim the tokens that expire soonest.
+CREATE INDEX mcp_oauth_tokens_expires_at_idx ON public.mcp_oauth_tokens (expires_at) WHERE expires_at IS NOT NULL;
+
+COMMENT ON TABLE public.mcp_oauth_tokens IS 'A user''s OAuth tokens for one MCP configuration they can see; stored encrypted; one row per user and configuration.';
+COMMENT ON COLUMN public.mcp_oauth_tokens.access_token IS 'Ciphertext from encrypt_token().';
+COMMENT ON COLUMN public.mcp_oauth_tokens.refresh_token IS 'Ciphertext from encrypt_token(), or NULL.';
+COMMENT ON COLUMN public.mcp_oauth_tokens.refresh_claimed_until IS 'Lease of a refresh worker that claimed this token (FOR UPDATE SKIP LOCKED); NULL or past means unclaimed.';
+COMMENT ON COLUMN public.mcp_oauth_tokens.refresh_claimed_by IS 'Identifier of the refresh worker holding the lease.';
+COMMENT ON COLUMN public.mcp_oauth_tokens.refresh_failure_count IS 'Consecutive failed refreshes; reset by a successful refresh.';
+COMMENT ON COLUMN public.mcp_oauth_tokens.last_refresh_error IS 'Provider''s error from the last failed refresh (never a token).';
+
+-- 4.6 system_prompts ----------------------------------------------------------
+
+CREATE TABLE public.system_prompts (
+    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    scope            public.prompt_scope NOT NULL,
+    organization_id  uuid        REFERENCES public.organizations (id) ON DELETE CASCADE,
+    user_id          uuid,
+    content          text        NOT NULL,
+    priority         integer     NOT NULL DEFAULT 0,
+    template         text,
+    enabled          boolean     NOT NULL DEFAULT true,
+    created_by       uuid        REFERENCES public.users (id) ON DELETE SET NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT system_prompts_user_fkey FOREIGN KEY (user_id, organization_id)
+        REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
+    CONSTRAINT system_prompts_scope_consistent CHECK (
+        CASE scope
+            WHEN 'global'       THEN organization_id IS NULL     AND user_id IS NULL
+            WHEN 'organization' THEN organization_id IS NOT NULL AND user_id IS NULL
+            WHEN 'user'         THEN organization_id IS NOT NULL AND user_id IS NOT NULL
+        END
+    ),
+    CONSTRAINT system_prompts_content_not_blank CHECK (btrim(content) <> '')
+);
+
+-- One index per branch of get_effective_system_prompts, each ordered as it returns.
+CREATE INDEX system_prompts_user_id_idx ON public.system_prompts (user_id, organization_id, priority DESC, created_at)
+    WHERE scope = 'user';
+CREATE INDEX system_prompts_organization_id_idx ON public.system_prompts (organization_id, scope, priority DESC, created_at);
+CREATE INDEX system_prompts_global_idx ON public.system_prompts (priority DESC, created_at) WHERE scope = 'global';
+CREATE INDEX system_prompts_created_by_idx ON public.system_prompts (created_by) WHERE created_by IS NOT NULL;
+
+COMMENT ON TABLE public.system_prompts IS 'Layered system prompts: global (no organization, no user), organization (organization only) or user (both).';
+COMMENT ON COLUMN public.system_prompts.priority IS 'Higher comes first within a scope; ties go to the older prompt.';
+COMMENT ON COLUMN public.system_prompts.template IS 'Optional template with {{variable}} placeholders, rendered by the library.';
+COMMENT ON COLUMN public.system_prompts.created_by IS 'The user who created the prompt, if any (NULL for service-created prompts).';
+
+-- 4.7 audit_logs --------------------------------------------------------------
+
+CREATE TABLE public.audit_logs (
+    id               uuid        NOT NULL DEFAULT gen_random_uuid(),
+    "timestamp"      timestamptz NOT NULL DEFAULT now(),
+    user_id          uuid,
+    organization_id  uuid,
+    action           text        NOT NULL,
+    resource_type    text        NOT NULL,
+    resource_id      text,
+    details          jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    ip_address       inet,
+    user_agent       text,
+    success          boolean     NOT NULL DEFAULT true,
+    error_message    text,
+    CONSTRAINT audit_logs_pkey PRIMARY KEY (id, "timestamp"),
+    CONSTRAINT audit_logs_action_not_blank CHECK (btrim(action) <> '' AND length(action) <= 200),
+    CONSTRAINT audit_logs_resource_type_not_blank CHECK (btrim(resource_type) <> '' AND length(resource_type) <= 200),
+    CONSTRAINT audit_logs_details_object CHECK (jsonb_typeof(details) = 'object')
+) PARTITION BY RANGE ("timestamp");
+
+CREATE INDEX audit_logs_organization_id_timestamp_idx ON public.audit_logs (organization_id, "timestamp" DESC, id DESC);
+CREATE INDEX audit_logs_user_id_timestamp_idx ON public.audit_logs (user_id, "timestamp" DESC) WHERE user_id IS NOT NULL;
+
+CREATE TABLE public.audit_logs_default PARTITION OF public.audit_logs DEFAULT;
+
+COMMENT ON TABLE public.audit_logs IS
+    'Immutable audit trail, range-partitioned by month on "timestamp". Append-only for every role; retention drops whole partitions. No foreign keys: a log outlives what it names.';
+COMMENT ON TABLE public.audit_logs_default IS 'Catch-all partition for events outside the monthly partitions; audit_ensure_partitions() keeps it empty.';
+COMMENT ON COLUMN public.audit_logs."timestamp" IS 'When the event happened; set by the server for the application role.';
+COMMENT ON COLUMN public.audit_logs.resource_id IS 'Identifier of the resource the event is about, as text.';
+COMMENT ON COLUMN public.audit_logs.success IS 'Whether the audited action succeeded; error_message says why not.';
+
+-- -----------------------------------------------------------------------------
+-- 5. Request context helpers (agentapi_auth)
+-- -----------------------------------------------------------------------------
+
+-- app.user_id as given by the caller, parsed strictly. Anything but a canonical
+-- UUID (unset, empty, malformed) gives NULL, so it matches no row.
+CREATE FUNCTION agentapi_auth.requested_user_id()
+RETURNS uuid
+LANGUAGE sql
+STABLE
+PARALLEL SAFE
+AS $$
+    -- A single expression, so the planner can inline it.
+    SELECT CASE
+        WHEN pg_catalog.current_setting('app.user_id', true)
+             ~ '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
+        THEN pg_catalog.current_setting('app.user_id', true)::uuid
+    END
+$$;
+
+COMMENT ON FUNCTION agentapi_auth.requested_user_id() IS
+    'The transaction''s app.user_id parsed strictly as a canonical UUID; NULL if unset, empty or malformed. Not trusted by itself: see agentapi_auth.user_id().';
+
+-- The acting user, their organization and whether they are an admin, from
+-- `users`. These run as their owner (agentapi_owner), whose owner policy on
+-- users is unconditional, so they never recurse into the users policies.
+CREATE FUNCTION agentapi_auth.user_id()
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    requested uuid := agentapi_auth.requested_user_id();
+    found uuid;
+BEGIN
+    IF requested IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+    RETURN found;
+END
+$$;
+
+CREATE FUNCTION agentapi_auth.organization_id()
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    requested uuid := agentapi_auth.requested_user_id();
+    found uuid;
+BEGIN
+    IF requested IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.organization_id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+    RETURN found;
+END
+$$;
+
+CREATE FUNCTION agentapi_auth.admin_organization_id()
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    requested uuid := agentapi_auth.requested_user_id();
+    found uuid;
+BEGIN
+    IF requested IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.organization_id INTO found
+      FROM public.users AS u
+     WHERE u.id = requested AND u.is_active AND u.role = 'admin';
+    RETURN found;
+END
+$$;
+
+CREATE FUNCTION agentapi_auth.user_email()
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    requested uuid := agentapi_auth.requested_user_id();
+    found text;
+BEGIN
+    IF requested IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT u.email INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+    RETURN found;
+END
+$$;
+
+COMMENT ON FUNCTION agentapi_auth.user_id() IS
+    'The acting user: app.user_id if it names an existing, active user; otherwise NULL (sees no rows).';
+COMMENT ON FUNCTION agentapi_auth.organization_id() IS
+    'The acting user''s organization, from users; NULL when there is no active acting user.';
+COMMENT ON FUNCTION agentapi_auth.admin_organization_id() IS
+    'The acting user''s organization if they are an active admin; NULL otherwise. Policies compare organization_id to it for admin rights.';
+COMMENT ON FUNCTION agentapi_auth.user_email() IS
+    'The acting user''s current email; lets the member self-update policy keep it unchanged.';
+
+-- -----------------------------------------------------------------------------
+-- 6. Triggers
+-- -----------------------------------------------------------------------------
+
+CREATE FUNCTION public.update_updated_at_column()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION public.update_updated_at_column() IS
+    'BEFORE UPDATE trigger: sets updated_at to the transaction''s time on every table that has it.';
+
+CREATE TRIGGER organizations_set_updated_at BEFORE UPDATE ON public.organizations
+    FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+CREATE TRIGGER users_set_updated_at BEFORE UPDATE ON public.users
+    FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+CREATE TRIGGER mcp_configurations_set_updated_at BEFORE UPDATE ON public.mcp_configurations
+    FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+CREATE TRIGGER mcp_oauth_tokens_set_updated_at BEFORE UPDATE ON public.mcp_oauth_tokens
+    FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+CREATE TRIGGER system_prompts_set_updated_at BEFORE UPDATE ON public.system_prompts
+    FOR EACH ROW EXECUTE FUNCTION public.update_updated_at_column();
+
+-- The scope of an MCP configuration (its organization and owner) is fixed at
+-- creation, for every role: otherwise tokens issued for it could end up on a
+-- configuration their user can no longer see.
+CREATE FUNCTION public.mcp_configurations_keep_scope()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF NEW.organization_id IS DISTINCT FROM OLD.organization_id
+       OR NEW.user_id IS DISTINCT FROM OLD.user_id THEN
+        RAISE EXCEPTION 'the scope of an MCP configuration cannot change'
+            USING ERRCODE = 'check_violation',
+                  CONSTRAINT = 'mcp_configurations_scope_immutable',
+                  HINT = 'Create a new configuration in the other scope instead.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION public.mcp_configurations_keep_scope() IS
+    'BEFORE UPDATE trigger on mcp_configurations: organization_id and user_id never change.';
+
+CREATE TRIGGER mcp_configurations_keep_scope
+    BEFORE UPDATE OF organization_id, user_id ON public.mcp_configurations
+    FOR EACH ROW EXECUTE FUNCTION public.mcp_configurations_keep_scope();
+
+-- A token's configuration must be one the token's user can see: org-wide in
+-- their organization (guaranteed by the composite foreign key) or their own.
+-- SECURITY DEFINER so the answer does not depend on who inserts the token.
+CREATE FUNCTION public.mcp_oauth_tokens_check_configuration()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    config_user uuid;
+    config_auth public.auth_type;
+BEGIN
+    SELECT c.user_id, c.auth_type INTO config_user, config_auth
+      FROM public.mcp_configurations AS c
+     WHERE c.id = NEW.mcp_configuration_id AND c.organization_id = NEW.organization_id;
+    IF NOT FOUND THEN
+        RETURN NEW;  -- the foreign key reports the missing configuration
+    END IF;
+    IF config_user IS NOT NULL AND config_user <> NEW.user_id THEN
+        RAISE EXCEPTION 'an OAuth token''s configuration must be organization-wide or the token user''s own'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'mcp_oauth_tokens_configuration_visible';
+    END IF;
+    IF config_auth <> 'oauth' THEN
+        RAISE EXCEPTION 'OAuth tokens can only be stored for a configuration whose auth_type is oauth'
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'mcp_oauth_tokens_configuration_oauth';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION public.mcp_oauth_tokens_check_configuration() IS
+    'BEFORE INSERT/UPDATE trigger on mcp_oauth_tokens: the configuration is visible to the token''s user and uses OAuth.';
+
+CREATE TRIGGER mcp_oauth_tokens_check_configuration
+    BEFORE INSERT OR UPDATE OF user_id, organization_id, mcp_configuration_id ON public.mcp_oauth_tokens
+    FOR EACH ROW EXECUTE FUNCTION public.mcp_oauth_tokens_check_configuration();
+
+-- Audit rows are never updated or deleted, by anyone. Grants and policies
+-- already refuse it; this trigger also stops roles that bypass them.
+CREATE FUNCTION public.audit_logs_prevent_change()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_logs is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Old events leave only by dropping whole partitions (agentapi-db audit retention).';
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_logs_prevent_change() IS
+    'Trigger on audit_logs that refuses UPDATE, DELETE and TRUNCATE for every role.';
+
+CREATE TRIGGER audit_logs_append_only BEFORE UPDATE OR DELETE ON public.audit_logs
+    FOR EACH ROW EXECUTE FUNCTION public.audit_logs_prevent_change();
+CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_prevent_change();
+-- TRUNCATE of a partition does not fire the parent's statement trigger.
+CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_default
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_prevent_change();
+
+-- -----------------------------------------------------------------------------
+-- 7. Row-level security
+--
+-- Policies for agentapi_app implement the contract's matrix; agentapi_service
+-- bypasses RLS; agentapi_owner has explicit unconditional policies (except on
+-- audit_logs, where it may only read and append).
+-- -----------------------------------------------------------------------------
+
+ALTER TABLE public.organizations      ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.organizations      FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.users              ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.users              FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.user_sessions      ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.user_sessions      FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.mcp_configurations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.mcp_configurations FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.mcp_oauth_tokens   ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.mcp_oauth_tokens   FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.system_prompts     ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.system_prompts     FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.audit_logs         ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.audit_logs         FORCE ROW LEVEL SECURITY;
+ALTER TABLE public.audit_logs_default ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.audit_logs_default FORCE ROW LEVEL SECURITY;
+
+-- 7.1 organizations -----------------------------------------------------------
+
+CREATE POLICY organizations_owner ON public.organizations TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY organizations_select ON public.organizations FOR SELECT TO agentapi_app
+    USING (id = (SELECT agentapi_auth.organization_id()));
+CREATE POLICY organizations_update_admin ON public.organizations FOR UPDATE TO agentapi_app
+    USING (id = (SELECT agentapi_auth.admin_organization_id()))
+    WITH CHECK (id = (SELECT agentapi_auth.admin_organization_id()));
+
+COMMENT ON POLICY organizations_owner ON public.organizations IS 'The owner (migrations) sees and changes every row.';
+COMMENT ON POLICY organizations_select ON public.organizations IS 'Members and admins read their own organization.';
+COMMENT ON POLICY organizations_update_admin ON public.organizations IS 'Admins update their own organization; nobody in the app creates or deletes one.';
+
+-- 7.2 users -------------------------------------------------------------------
+
+CREATE POLICY users_owner ON public.users TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY users_select ON public.users FOR SELECT TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.organization_id()));
+CREATE POLICY users_insert_admin ON public.users FOR INSERT TO agentapi_app
+    WITH CHECK (organization_id = (SELECT agentapi_auth.admin_organization_id()));
+CREATE POLICY users_update_admin ON public.users FOR UPDATE TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.admin_organization_id()))
+    WITH CHECK (organization_id = (SELECT agentapi_auth.admin_organization_id()));
+CREATE POLICY users_update_self ON public.users FOR UPDATE TO agentapi_app
+    USING (id = (SELECT agentapi_auth.user_id()))
+    WITH CHECK (
+        id = (SELECT agentapi_auth.user_id())
+        AND organization_id = (SELECT agentapi_auth.organization_id())
+        AND role = 'user'
+        AND is_active
+        AND email = (SELECT agentapi_auth.user_email())
+    );
+CREATE POLICY users_delete_admin ON public.users FOR DELETE TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.admin_organization_id()));
+
+COMMENT ON POLICY users_owner ON public.users IS 'The owner sees every user; the agentapi_auth helpers read users through it.';
+COMMENT ON POLICY users_select ON public.users IS 'Everyone reads the users of their own organization.';
+COMMENT ON POLICY users_insert_admin ON public.users IS 'Admins create users in their own organization.';
+COMMENT ON POLICY users_update_admin ON public.users IS 'Admins update users of their own organization; organization_id is not updatable by the app at all.';
+COMMENT ON POLICY users_update_self ON public.users IS
+    'A member updates their own row, keeping role, organization, email and active flag; with column grants this leaves metadata and last_login_at.';
+COMMENT ON POLICY users_delete_admin ON public.users IS 'Admins delete users of their own organization.';
+
+-- 7.3 user_sessions -----------------------------------------------------------
+
+CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
+    USING (user_id = (SELECT agentapi_auth.user_id())
+           OR organization_id = (SELECT agentapi_auth.admin_organization_id()));
+CREATE POLICY user_sessions_insert_own ON public.user_sessions FOR INSERT TO agentapi_app
+    WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
+CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO agentapi_app
+    USING (user_id = (SELECT agentapi_auth.user_id()))
+    WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
+CREATE POLICY user_sessions_delete ON public.user_sessions FOR DELETE TO agentapi_app
+    USING (user_id = (SELECT agentapi_auth.user_id())
+           OR organization_id = (SELECT agentapi_auth.admin_organization_id()));
+
+COMMENT ON POLICY user_sessions_owner ON public.user_sessions IS 'The owner sees and changes every session.';
+COMMENT ON POLICY user_sessions_select ON public.user_sessions IS 'Users read their own sessions; admins read every session of their organization.';
+COMMENT ON POLICY user_sessions_insert_own ON public.user_sessions IS 'Users create sessions for themselves (the composite foreign key fixes the organization).';
+COMMENT ON POLICY user_sessions_update_own ON public.user_sessions IS 'Users update their own sessions only.';
+COMMENT ON POLICY user_sessions_delete ON public.user_sessions IS 'Users delete their own sessions; admins revoke any session of their organization.';
+
+-- 7.4 mcp_configurations ------------------------------------------------------
+
+CREATE POLICY mcp_configurations_owner ON public.mcp_configurations TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY mcp_configurations_select ON public.mcp_configurations FOR SELECT TO agentapi_app
+    USING ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.organization_id()))
+           OR user_id = (SELECT agentapi_auth.user_id()));
+CREATE POLICY mcp_configurations_insert ON public.mcp_configurations FOR INSERT TO agentapi_app
+    WITH CHECK ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
+                OR user_id = (SELECT agentapi_auth.user_id()));
+CREATE POLICY mcp_configurations_update ON public.mcp_configurations FOR UPDATE TO agentapi_app
+    USING ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
+           OR user_id = (SELECT agentapi_auth.user_id()))
+    WITH CHECK ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
+                OR user_id = (SELECT agentapi_auth.user_id()));
+CREATE POLICY mcp_configurations_delete ON public.mcp_configurations FOR DELETE TO agentapi_app
+    USING ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
+           OR user_id = (SELECT agentapi_auth.user_id()));
+
+COMMENT ON POLICY mcp_configurations_owner ON public.mcp_configurations IS 'The owner sees and changes every configuration.';
+COMMENT ON POLICY mcp_configurations_select ON public.mcp_configurations IS
+    'Everyone reads their organization''s org-wide configs and their own personal ones; never another user''s personal config, admins included.';
+COMMENT ON POLICY mcp_configurations_insert ON public.mcp_configurations IS 'Users create personal configs for themselves; admins also create org-wide configs of their organization.';
+COMMENT ON POLICY mcp_configurations_update ON public.mcp_configurations IS 'Users update their personal configs; admins also their organization''s org-wide configs.';
+COMMENT ON POLICY mcp_configurations_delete ON public.mcp_configurations IS 'Users delete their personal configs; admins also their organization''s org-wide configs.';
+
+-- 7.5 mcp_oauth_tokens --------------------------------------------------------
+
+CREATE POLICY mcp_oauth_tokens_owner ON public.mcp_oauth_tokens TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens TO agentapi_app
+    USING (user_id = (SELECT agentapi_auth.user_id()))
+    WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
+
+COMMENT ON POLICY mcp_oauth_tokens_owner ON public.mcp_oauth_tokens IS 'The owner sees and changes every token row.';
+COMMENT ON POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens IS
+    'Users do everything on their own tokens and nothing on anyone else''s, admins included. Keys and the check trigger keep the configuration one they can see.';
+
+-- 7.6 system_prompts ----------------------------------------------------------
+
+CREATE POLICY system_prompts_owner ON public.system_prompts TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agentapi_app
+    USING ((scope = 'global' AND (SELECT agentapi_auth.user_id()) IS NOT NULL)
+           OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
+           OR (scope = 'user' AND user_id = (SELECT agentapi_auth.user_id())));
+CREATE POLICY system_prompts_insert ON public.system_prompts FOR INSERT TO agentapi_app
+    WITH CHECK (((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
+                 OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
+                AND (created_by IS NULL OR created_by = (SELECT agentapi_auth.user_id())));
+CREATE POLICY system_prompts_update ON public.system_prompts FOR UPDATE TO agentapi_app
+    USING ((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
+           OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
+    WITH CHECK ((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
+                OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())));
+CREATE POLICY system_prompts_delete ON public.system_prompts FOR DELETE TO agentapi_app
+    USING ((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
+           OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())));
+
+COMMENT ON POLICY system_prompts_owner ON public.system_prompts IS 'The owner sees and changes every prompt.';
+COMMENT ON POLICY system_prompts_select ON public.system_prompts IS 'Active users read global prompts, their organization''s prompts and their own user prompts.';
+COMMENT ON POLICY system_prompts_insert ON public.system_prompts IS
+    'Users create their own user prompts; admins also organization prompts of their organization; global prompts are agentapi_service only. created_by, if set, is the acting user.';
+COMMENT ON POLICY system_prompts_update ON public.system_prompts IS 'Users update their own user prompts; admins also their organization''s prompts.';
+COMMENT ON POLICY system_prompts_delete ON public.system_prompts IS 'Users delete their own user prompts; admins also their organization''s prompts.';
+
+-- 7.7 audit_logs --------------------------------------------------------------
+
+CREATE POLICY audit_logs_owner_select ON public.audit_logs FOR SELECT TO agentapi_owner USING (true);
+CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentapi_owner WITH CHECK (true);
+CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
+    USING ((user_id = (SELECT agentapi_auth.user_id()) AND organization_id = (SELECT agentapi_auth.organization_id()))
+           OR organization_id = (SELECT agentapi_auth.admin_organization_id()));
+CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi_app
+    WITH CHECK (user_id = (SELECT agentapi_auth.user_id())
+                AND organization_id = (SELECT agentapi_auth.organization_id()));
+
+COMMENT ON POLICY audit_logs_owner_select ON public.audit_logs IS 'The owner reads every event (no UPDATE or DELETE policy exists for anyone).';
+COMMENT ON POLICY audit_logs_owner_insert ON public.audit_logs IS 'The owner may append events.';
+COMMENT ON POLICY audit_logs_select ON public.audit_logs IS 'Members read their own events in their organization; admins read all events of their organization.';
+COMMENT ON POLICY audit_logs_insert_self ON public.audit_logs IS 'The application records events only about the acting user in their own organization.';
+
+-- -----------------------------------------------------------------------------
+-- 8. Functions
+-- -----------------------------------------------------------------------------
+
+-- Token encryption. OpenPGP symmetric encryption (AES-256, with integrity
+-- check) from pgcrypto. The key is a 256-bit random secret, not a passphrase,
+-- so the S2K uses a salted single hash (s2k-mode=1) instead of the default
+-- iterated one: iteration only slows brute force of weak passphrases, and
+-- costs ~30x per call (see docs/schema.md). The random salt and session key
+-- make two encryptions of one token differ. The minimum key length below is a
+-- last line of defence; the library enforces the full 256-bit key format.
+CREATE FUNCTION public.encrypt_token(token text, key text)
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+PARALLEL SAFE
+AS $$
+BEGIN
+    IF token IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF key IS NULL OR length(key) < 32 THEN
+        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN encode(
+        extensions.pgp_sym_encrypt(token, key, 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'),
+        'base64');
+END
+$$;
+
+CREATE FUNCTION public.decrypt_token(encrypted_token text, key text)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+AS $$
+BEGIN
+    IF encrypted_token IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF key IS NULL OR length(key) < 32 THEN
+        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A wrong key or corrupt data raises "Wrong key or corrupt data" (39000);
+    -- malformed base64 raises 22023. Neither ever yields a silent NULL.
+    RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+END
+$$;
+
+COMMENT ON FUNCTION public.encrypt_token(text, text) IS
+    'Encrypts a token with pgcrypto (OpenPGP, AES-256, salted S2K); base64 text out. NULL in, NULL out. Two calls give different ciphertexts. Pass the key as a bind parameter.';
+COMMENT ON FUNCTION public.decrypt_token(text, text) IS
+    'Inverse of encrypt_token. NULL in, NULL out. A wrong key or corrupt input raises an error; it never returns a silent NULL.';
+
+-- Appends one audit event. SECURITY INVOKER: under agentapi_app the insert
+-- policy only accepts the acting user and their organization.
+CREATE FUNCTION public.log_audit_event(
+    p_user_id         uuid,
+    p_organization_id uuid,
+    p_action          text,
+    p_resource_type   text,
+    p_resource_id     text,
+    p_details         jsonb,
+    p_ip_address      inet,
+    p_user_agent      text,
+    p_success         boolean DEFAULT true,
+    p_error_message   text DEFAULT NULL
+)
+RETURNS uuid
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+DECLARE
+    new_id uuid := gen_random_uuid();
+BEGIN
+    INSERT INTO public.audit_logs (id, user_id, organization_id, action, resource_type, resource_id,
+                                   details, ip_address, user_agent, success, error_message)
+    VALUES (new_id, p_user_id, p_organization_id, p_action, p_resource_type, p_resource_id,
+            coalesce(p_details, '{}'::jsonb), p_ip_address, p_user_agent,
+            coalesce(p_success, true), p_error_message);
+    RETURN new_id;
+END
+$$;
+
+COMMENT ON FUNCTION public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text) IS
+    'Appends one audit event and returns its id. Runs with the caller''s rights: as agentapi_app it can only record the acting user and their organization.';
+
+-- Deletes expired sessions; returns how many. For agentapi_service (which
+-- bypasses RLS); the CLI''s batched cleanup is preferred for large backlogs.
+CREATE FUNCTION public.cleanup_expired_sessions()
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+DECLARE
+    deleted integer;
+BEGIN
+    DELETE FROM public.user_sessions WHERE expires_at <= now();
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$$;
+
+COMMENT ON FUNCTION public.cleanup_expired_sessions() IS
+    'Deletes the sessions whose expires_at has passed and returns how many; EXECUTE is granted to agentapi_service only.';
+
+-- Effective prompts of a user: user, then organization, then global; within
+-- a scope by priority descending, then oldest first. Written as three
+-- index-friendly branches. SECURITY INVOKER, and it requires the user to
+-- belong to the organization, so it never returns another tenant's prompts
+-- whatever ids it is given.
+CREATE FUNCTION public.get_effective_system_prompts(p_user_id uuid, p_organization_id uuid)
+RETURNS TABLE (
+    id              uuid,
+    scope           public.prompt_scope,
+    organization_id uuid,
+    user_id         uuid,
+    content         text,
+    priority        integer,
+    template        text,
+    created_at      timestamptz,
+    precedence      bigint
+)
+LANGUAGE sql
+STABLE
+AS $$
+    WITH member AS MATERIALIZED (
+        SELECT 1 FROM public.users AS u
+         WHERE u.id = p_user_id AND u.organization_id = p_organization_id
+    ),
+    layered AS (
+        SELECT p.id, p.scope, p.organization_id, p.user_id, p.content, p.priority, p.template, p.created_at,
+               1 AS tier
+          FROM public.system_prompts AS p
+         WHERE p.scope = 'user' AND p.user_id = p_user_id AND p.organization_id = p_organization_id
+           AND p.enabled
+        UNION ALL
+        SELECT p.id, p.scope, p.organization_id, p.user_id, p.content, p.priority, p.template, p.created_at,
+               2 AS tier
+          FROM public.system_prompts AS p
+         WHERE p.scope = 'organization' AND p.organization_id = p_organization_id
+           AND p.enabled
+        UNION ALL
+        SELECT p.id, p.scope, p.organization_id, p.user_id, p.content, p.priority, p.template, p.created_at,
+               3 AS tier
+          FROM public.system_prompts AS p
+         WHERE p.scope = 'global'
+           AND p.enabled
+    )
+    SELECT l.id, l.scope, l.organization_id, l.user_id, l.content, l.priority, l.template, l.created_at,
+           row_number() OVER (ORDER BY l.tier, l.priority DESC, l.created_at, l.id) AS precedence
+      FROM layered AS l
+     WHERE EXISTS (SELECT 1 FROM member)
+     ORDER BY precedence
+$$;
+
+COMMENT ON FUNCTION public.get_effective_system_prompts(uuid, uuid) IS
+    'Enabled prompts that apply to the user: user, then organization, then global; within a scope by priority descending, then oldest first (column precedence: 1, 2, ...). Empty unless the user belongs to the organization; respects the caller''s RLS.';
+
+-- -----------------------------------------------------------------------------
+-- 9. Audit partitions
+-- -----------------------------------------------------------------------------
+
+-- Creates the monthly partitions of audit_logs from `months_back` months ago
+-- to `months_ahead` months ahead (both counted from the current month), if
+-- missing. SECURITY DEFINER so that agentapi_service can run it from a job.
+-- Each partition has RLS forced and no UPDATE/DELETE/TRUNCATE, even for its owner.
+CREATE FUNCTION public.audit_ensure_partitions(months_ahead integer DEFAULT 3, months_back integer DEFAULT 0)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    first_month date := (date_trunc('month', now()) - make_interval(months => months_back))::date;
+    month_start date;
+    month_end date;
+    part_name text;
+    created integer := 0;
+BEGIN
+    IF months_ahead IS NULL OR months_back IS NULL OR months_ahead < 0 OR months_back < 0
+       OR months_ahead > 120 OR months_back > 240 THEN
+        RAISE EXCEPTION 'months_ahead must be 0..120 and months_back 0..240'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 0 .. months_back + months_ahead LOOP
+        month_start := (first_month + make_interval(months => i))::date;
+        month_end := (month_start + interval '1 month')::date;
+        part_name := 'audit_logs_' || to_char(month_start, '"y"YYYY"m"MM');
+        CONTINUE WHEN to_regclass(pg_catalog.format('public.%I', part_name)) IS NOT NULL;
+        IF EXISTS (SELECT 1 FROM public.audit_logs_default AS d
+                    WHERE d."timestamp" >= month_start AND d."timestamp" < month_end) THEN
+            RAISE EXCEPTION 'audit_logs_default holds events for %; cannot create %', month_start, part_name
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'Partitions must be created ahead of time; see docs/operations.md.';
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE TABLE public.%I PARTITION OF public.audit_logs FOR VALUES FROM (%L) TO (%L)',
+            part_name, month_start::timestamptz, month_end::timestamptz);
+        EXECUTE pg_catalog.format('ALTER TABLE public.%I ENABLE ROW LEVEL SECURITY', part_name);
+        EXECUTE pg_catalog.format('ALTER TABLE public.%I FORCE ROW LEVEL SECURITY', part_name);
+        EXECUTE pg_catalog.format('REVOKE ALL ON public.%I FROM PUBLIC', part_name);
+        EXECUTE pg_catalog.format('REVOKE UPDATE, DELETE, TRUNCATE ON public.%I FROM agentapi_owner', part_name);
+        -- Row triggers are cloned from the parent; statement-level TRUNCATE triggers are not.
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.%I '
+            'FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_prevent_change()', part_name);
+        EXECUTE pg_catalog.format('COMMENT ON TABLE public.%I IS %L', part_name,
+            'Partition of audit_logs for the month starting ' || month_start || '.');
+        created := created + 1;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_ensure_partitions(integer, integer) IS
+    'Creates the missing monthly partitions of audit_logs, months_back months back to months_ahead months ahead of the current month; returns how many it created.';
+
+DO $$ BEGIN PERFORM public.audit_ensure_partitions(3, 1); END $$;
+
+REVOKE UPDATE, DELETE, TRUNCATE ON public.audit_logs, public.audit_logs_default FROM agentapi_owner;
+
+-- -----------------------------------------------------------------------------
+-- 10. Views (security_invoker: the caller's RLS applies)
+-- -----------------------------------------------------------------------------
+
+CREATE VIEW public.active_user_sessions WITH (security_invoker = true) AS
+SELECT s.id,
+       s.user_id,
+       s.organization_id,
+       s.workspace_path,
+       s.system_prompt,
+       s.metadata,
+       s.created_at,
+       s.expires_at,
+       s.last_active_at,
+       u.email AS user_email,
+       u.role  AS user_role,
+       o.name  AS organization_name,
+       o.slug  AS organization_slug
+  FROM public.user_sessions AS s
+  JOIN public.users AS u ON u.id = s.user_id AND u.organization_id = s.organization_id
+  JOIN public.organizations AS o ON o.id = s.organization_id
+ WHERE (s.expires_at IS NULL OR s.expires_at > now())
+   AND u.is_active;
+
+COMMENT ON VIEW public.active_user_sessions IS
+    'Sessions not expired (and whose user is active), with the user''s email and role and the organization''s name and slug. security_invoker: respects the caller''s RLS.';
+
+CREATE VIEW public.effective_mcp_configurations WITH (security_invoker = true) AS
+SELECT c.id,
+       c.organization_id,
+       c.user_id,
+       c.name,
+       c.type,
+       c.endpoint,
+       c.command,
+       c.args,
+       c.env,
+       c.auth_type,
+       c.bearer_token,
+       c.oauth_provider,
+       c.enabled,
+       c.created_at,
+       c.updated_at,
+       o.name  AS organization_name,
+       o.slug  AS organization_slug,
+       u.email AS user_email,
+       CASE WHEN c.user_id IS NULL THEN 'organization' ELSE 'user' END AS config_scope
+  FROM public.mcp_configurations AS c
+  JOIN public.organizations AS o ON o.id = c.organization_id
+  LEFT JOIN public.users AS u ON u.id = c.user_id AND u.organization_id = c.organization_id
+ WHERE c.enabled;
+
+COMMENT ON VIEW public.effective_mcp_configurations IS
+    'Enabled MCP configurations with organization name and slug, the owner''s email and config_scope (organization or user). security_invoker: respects the caller''s RLS.';
+
+-- -----------------------------------------------------------------------------
+-- 11. Grants
+--
+-- Each role gets exactly what the matrix needs. UPDATE and INSERT are granted
+-- per column: the application can never move a row to another organization or
+-- user, backdate an audit event, or touch created_at.
+-- -----------------------------------------------------------------------------
+
+RESET ROLE;
+GRANT USAGE ON SCHEMA public, agentapi_auth, extensions TO agentapi_app, agentapi_service;
+SET ROLE agentapi_owner;
+
+GRANT USAGE ON TYPE public.user_role, public.mcp_type, public.auth_type, public.prompt_scope
+    TO agentapi_app, agentapi_service;
+
+-- agentapi_app --------------------------------------------------------------
+GRANT SELECT ON public.organizations TO agentapi_app;
+GRANT UPDATE (name, slug, metadata) ON public.organizations TO agentapi_app;
+
+GRANT SELECT, DELETE ON public.users TO agentapi_app;
+GRANT INSERT (id, organization_id, email, role, is_active, metadata, last_login_at) ON public.users TO agentapi_app;
+GRANT UPDATE (email, role, is_active, metadata, last_login_at) ON public.users TO agentapi_app;
+
+GRANT SELECT, DELETE ON public.user_sessions TO agentapi_app;
+GRANT INSERT (id, user_id, organization_id, workspace_path, system_prompt, metadata, expires_at, last_active_at)
+    ON public.user_sessions TO agentapi_app;
+GRANT UPDATE (workspace_path, system_prompt, metadata, expires_at, last_active_at) ON public.user_sessions TO agentapi_app;
+
+GRANT SELECT, DELETE ON public.mcp_configurations TO agentapi_app;
+GRANT INSERT (id, organization_id, user_id, name, type, endpoint, command, args, env, auth_type,
+              bearer_token, oauth_provider, enabled) ON public.mcp_configurations TO agentapi_app;
+GRANT UPDATE (name, type, endpoint, command, args, env, auth_type, bearer_token, oauth_provider, enabled)
+    ON public.mcp_configurations TO agentapi_app;
+
+GRANT SELECT, DELETE ON public.mcp_oauth_tokens TO agentapi_app;
+GRANT INSERT (id, user_id, organization_id, mcp_configuration_id, oauth_provider, access_token, refresh_token,
+              token_type, scope, expires_at) ON public.mcp_oauth_tokens TO agentapi_app;
+GRANT UPDATE (oauth_provider, access_token, refresh_token, token_type, scope, expires_at,
+              refresh_claimed_until, refresh_claimed_by, refresh_failure_count, last_refresh_error,
+              last_refreshed_at) ON public.mcp_oauth_tokens TO agentapi_app;
+
+GRANT SELECT, DELETE ON public.system_prompts TO agentapi_app;
+GRANT INSERT (id, scope, organization_id, user_id, content, priority, template, enabled, created_by)
+    ON public.system_prompts TO agentapi_app;
+GRANT UPDATE (content, priority, template, enabled) ON public.system_prompts TO agentapi_app;
+
+GRANT SELECT ON public.audit_logs TO agentapi_app;
+GRANT INSERT (id, user_id, organization_id, action, resource_type, resource_id, details, ip_address,
+              user_agent, success, error_message) ON public.audit_logs TO agentapi_app;
+
+GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_app;
+
+GRANT EXECUTE ON FUNCTION
+    agentapi_auth.requested_user_id(),
+    agentapi_auth.user_id(),
+    agentapi_auth.organization_id(),
+    agentapi_auth.admin_organization_id(),
+    agentapi_auth.user_email(),
+    public.encrypt_token(text, text),
+    public.decrypt_token(text, text),
+    public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text),
+    public.get_effective_system_prompts(uuid, uuid)
+TO agentapi_app, agentapi_service;
+
+-- agentapi_service ------------------------------------------------------------
+GRANT SELECT, INSERT, UPDATE, DELETE ON
+    public.organizations, public.users, public.user_sessions, public.mcp_configurations,
+    public.mcp_oauth_tokens, public.system_prompts
+TO agentapi_service;
+GRANT SELECT, INSERT ON public.audit_logs TO agentapi_service;
+GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_service;
+GRANT EXECUTE ON FUNCTION
+    public.cleanup_expired_sessions(),
+    public.audit_ensure_partitions(integer, integer)
+TO agentapi_service;
+
+RESET ROLE;
