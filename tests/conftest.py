@@ -1,0 +1,121 @@
+"""Fixtures against a real PostgreSQL server.
+
+* ``pg_server`` (session): ``$AGENTAPI_TEST_DATABASE_URL`` (a superuser URL) if set,
+  else a throwaway :class:`~agentapi_db.cluster.LocalCluster` (``fast=True``) in a
+  temp dir, destroyed at the end.
+* ``template_db`` (session): name of a database built once from
+  ``database/schema.sql``; skips (and so fails the run, see below) while that file
+  does not exist.
+* ``login_roles`` (session): the test logins ``app_login``, ``service_login``,
+  ``owner_login`` (members of the matching group role) and ``outsider_login``.
+* ``db`` (function) / ``module_db`` (module): a fresh clone of the template.
+
+A skipped test fails the run unless ``AGENTAPI_ALLOW_SKIPS=1``: a skip proves nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentapi_db.cluster import LocalCluster
+from tests.pg import (
+    LOGIN_MEMBERSHIPS,
+    SCHEMA_SQL,
+    PgServer,
+    TestDatabase,
+    create_database,
+    drop_database,
+    ensure_login_roles,
+    run_psql_file,
+    scratch_database,
+)
+
+TEMPLATE_DB = "agentapi_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    url = os.environ.get("AGENTAPI_TEST_DATABASE_URL")
+    if url:
+        yield PgServer(superuser_url=url)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="agentapi-test-pg-"))
+    tmp.chmod(0o755)  # when we are root, the postgres OS user must traverse it
+    cluster = LocalCluster(tmp / "cluster", fast=True)
+    try:
+        cluster.init()
+        cluster.start()
+        yield PgServer(superuser_url=cluster.url(), cluster=cluster)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: PgServer) -> Iterator[str]:
+    """Name of the template database holding ``database/schema.sql``."""
+    if not SCHEMA_SQL.is_file():
+        pytest.skip(f"{SCHEMA_SQL} does not exist yet: nothing to build the template from")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    name = f"{TEMPLATE_DB}_{worker}" if worker else TEMPLATE_DB
+    drop_database(pg_server, name)
+    create_database(pg_server, name)
+    run_psql_file(pg_server.url(name), SCHEMA_SQL)
+    yield name
+    drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def login_roles(pg_server: PgServer, template_db: str) -> dict[str, str | None]:
+    """``{login: group role or None}``; roles are cluster-wide, so made after the schema."""
+    ensure_login_roles(pg_server)
+    return dict(LOGIN_MEMBERSHIPS)
+
+
+@pytest.fixture
+def db(
+    pg_server: PgServer, template_db: str, login_roles: dict[str, str | None]
+) -> Iterator[TestDatabase]:
+    """A fresh database cloned from the template, dropped after the test."""
+    with scratch_database(pg_server, template_db) as database:
+        yield database
+
+
+@pytest.fixture(scope="module")
+def module_db(
+    pg_server: PgServer, template_db: str, login_roles: dict[str, str | None]
+) -> Iterator[TestDatabase]:
+    """One cloned database per test module (cases roll back their transaction)."""
+    with scratch_database(pg_server, template_db) as database:
+        yield database
+
+
+def _skips_fail_the_run() -> bool:
+    return os.environ.get("AGENTAPI_ALLOW_SKIPS") != "1"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when anything was skipped, unless AGENTAPI_ALLOW_SKIPS=1."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not _skips_fail_the_run():
+        return
+    if reporter.stats.get("skipped") and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped and _skips_fail_the_run():
+        terminalreporter.section("skips fail the run", sep="=", red=True, bold=True)
+        terminalreporter.write_line(
+            f"{len(skipped)} test(s) skipped; a skip is not a pass. "
+            "Set AGENTAPI_ALLOW_SKIPS=1 to allow skips."
+        )
