@@ -1,40 +1,32 @@
-"""The ``agentapi-db`` command line. Commands are added by their own modules."""
+"""The ``agentapi-db`` command line (Typer + Rich).
+
+The Typer objects and shared helpers live in :mod:`agentapi_db.cli.app`; each
+command module registers its commands on them when imported. This package imports
+every command module, then :func:`main` runs the root app.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+import importlib
+import importlib.util
 
-import typer
+from agentapi_db.cli.app import app
 
-from agentapi_db import __version__
-
-app = typer.Typer(
-    name="agentapi-db",
-    help="Multi-tenant PostgreSQL data layer for AgentAPI.",
-    no_args_is_help=True,
-    add_completion=False,
-)
+# Command modules, in the order their commands appear. Optional ones may be absent
+# from a checkout (they are skipped only when the module itself does not exist; an
+# ImportError raised *inside* an existing module is a bug and propagates).
+_COMMAND_MODULES = ("migrate", "local", "admin", "keys", "ops")
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"agentapi-db {__version__}")
-        raise typer.Exit()
+def _load_commands() -> None:
+    for name in _COMMAND_MODULES:
+        qualified = f"{__name__}.{name}"
+        if importlib.util.find_spec(qualified) is None:
+            continue
+        importlib.import_module(qualified)
 
 
-@app.callback()
-def _root(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=_print_version,
-            is_eager=True,
-            help="Show the version and exit.",
-        ),
-    ] = False,
-) -> None:
-    """Multi-tenant PostgreSQL data layer for AgentAPI."""
+_load_commands()
 
 
 def main() -> None:
