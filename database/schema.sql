@@ -347,8 +347,11 @@ CREATE TABLE public.system_prompts (
 );
 
 -- One index per branch of get_effective_system_prompts, each ordered as it returns.
+-- The user index's predicate is "user_id IS NOT NULL" (not "scope = 'user'",
+-- the same rows by the scope check) so that the foreign key's ON DELETE/UPDATE
+-- lookups "user_id = $1 AND organization_id = $2" can use it too.
 CREATE INDEX system_prompts_user_id_idx ON public.system_prompts (user_id, organization_id, priority DESC, created_at)
-    WHERE scope = 'user';
+    WHERE user_id IS NOT NULL;
 CREATE INDEX system_prompts_organization_id_idx ON public.system_prompts (organization_id, scope, priority DESC, created_at);
 CREATE INDEX system_prompts_global_idx ON public.system_prompts (priority DESC, created_at) WHERE scope = 'global';
 CREATE INDEX system_prompts_created_by_idx ON public.system_prompts (created_by) WHERE created_by IS NOT NULL;
