@@ -14,7 +14,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["schema_sql_path", "sql_dir", "sql_path", "sql_text"]
+__all__ = ["schema_sql_path", "sql_dir", "sql_files", "sql_path", "sql_text"]
 
 _SCHEMA = "schema.sql"
 
@@ -51,6 +51,17 @@ def sql_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"no SQL file {name!r} in {root}")
     return path
+
+
+def sql_files(subdir: str) -> list[str]:
+    """Sorted names of the ``*.sql`` files in ``subdir``, in the form ``sql_path`` takes."""
+    root = sql_dir().resolve()
+    folder = (root / subdir).resolve()
+    if not folder.is_relative_to(root):
+        raise ValueError(f"SQL directory name escapes the SQL directory: {subdir!r}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no SQL directory {subdir!r} in {root}")
+    return sorted(p.relative_to(root).as_posix() for p in folder.glob("*.sql") if p.is_file())
 
 
 def schema_sql_path() -> Path:
