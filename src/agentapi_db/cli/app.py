@@ -35,6 +35,7 @@ from rich.markup import escape
 
 from agentapi_db import __version__
 from agentapi_db.cluster import ClusterError
+from agentapi_db.migrations import MigrationError
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -176,7 +177,7 @@ def print_json(value: Any) -> None:
 
 def fail(message: str, code: ExitCode = ExitCode.FAILURE) -> NoReturn:
     """Print ``message`` as one red line on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(int(code))
 
 
@@ -245,6 +246,8 @@ def cli_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except ClusterError as exc:
         fail(_one_line(exc), ExitCode.UNAVAILABLE)
+    except MigrationError as exc:
+        fail(_one_line(exc), ExitCode.FAILURE)
     except psycopg.Error as exc:
         fail(_one_line(exc), _psycopg_exit_code(exc))
     except Exception as exc:

@@ -1,0 +1,170 @@
+"""``agentapi-db verify``: the live database's security posture, one check per line.
+
+The checks:
+
+* every lint of :mod:`agentapi_db.lint` (``database/lint/*.sql``: RLS enabled and
+  forced on every table, nothing granted to PUBLIC, definer functions with a
+  pinned ``search_path``, views with ``security_invoker``, the contract roles'
+  attributes, ...), one check per lint;
+* ``login_roles``: no LOGIN role that can act as ``agentapi_app`` is a superuser
+  or BYPASSRLS (the application's connection must be subject to RLS);
+* ``migration_history``: the bookkeeping schema ``agentapi_meta`` is owned by
+  ``agentapi_owner``, grants nothing to PUBLIC and its table forces RLS (the lints
+  look at the application's schemas only);
+* ``schema_version``: the latest migration is applied and every applied
+  migration's checksum matches its file.
+
+A check passes when it has no findings. Connect as a superuser or as a login that
+can read the catalogs and ``agentapi_meta`` (a member of ``agentapi_owner``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from agentapi_db import lint
+from agentapi_db.migrations import read_state
+
+__all__ = ["CheckResult", "run_checks"]
+
+Conn = psycopg.Connection[TupleRow]
+
+# --------------------------------------------------------------------------- SQL
+# Logins granted agentapi_app (directly or through other roles) that bypass RLS anyway.
+# Membership is followed through pg_auth_members: pg_has_role() would count every
+# superuser as a member of everything.
+_SQL_PRIVILEGED_APP_LOGINS = """
+WITH RECURSIVE members (roleid) AS (
+    SELECT m.member
+      FROM pg_catalog.pg_auth_members AS m
+      JOIN pg_catalog.pg_roles AS g ON g.oid = m.roleid
+     WHERE g.rolname = 'agentapi_app'
+    UNION
+    SELECT m.member FROM pg_catalog.pg_auth_members AS m JOIN members ON m.roleid = members.roleid
+)
+SELECT r.rolname,
+       pg_catalog.concat_ws(', ',
+           CASE WHEN r.rolsuper THEN 'SUPERUSER' END,
+           CASE WHEN r.rolbypassrls THEN 'BYPASSRLS' END)
+  FROM pg_catalog.pg_roles AS r
+  JOIN members ON members.roleid = r.oid
+ WHERE r.rolcanlogin AND (r.rolsuper OR r.rolbypassrls)
+ ORDER BY 1
+"""
+
+# Problems of the migration-history schema; zero rows when healthy (or absent:
+# schema_version reports a missing history).
+_SQL_META_POSTURE = """
+SELECT 'schema agentapi_meta', 'owned by ' || pg_catalog.pg_get_userbyid(n.nspowner)
+  FROM pg_catalog.pg_namespace AS n
+ WHERE n.nspname = 'agentapi_meta' AND pg_catalog.pg_get_userbyid(n.nspowner) <> 'agentapi_owner'
+UNION ALL
+SELECT 'schema agentapi_meta', 'PUBLIC has ' || a.privilege_type
+  FROM pg_catalog.pg_namespace AS n, pg_catalog.aclexplode(n.nspacl) AS a
+ WHERE n.nspname = 'agentapi_meta' AND a.grantee = 0
+UNION ALL
+SELECT pg_catalog.format('%I.%I', n.nspname, c.relname),
+       pg_catalog.concat_ws('; ',
+           CASE WHEN pg_catalog.pg_get_userbyid(c.relowner) <> 'agentapi_owner'
+                THEN 'owned by ' || pg_catalog.pg_get_userbyid(c.relowner) END,
+           CASE WHEN NOT (c.relrowsecurity AND c.relforcerowsecurity)
+                THEN 'row level security not enabled and forced' END,
+           (SELECT 'PUBLIC has ' || pg_catalog.string_agg(a.privilege_type, ', ')
+              FROM pg_catalog.aclexplode(c.relacl) AS a WHERE a.grantee = 0))
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'agentapi_meta' AND c.relkind IN ('r', 'p', 'v', 'm', 'S')
+   AND (pg_catalog.pg_get_userbyid(c.relowner) <> 'agentapi_owner'
+        OR (c.relkind IN ('r', 'p') AND NOT (c.relrowsecurity AND c.relforcerowsecurity))
+        OR EXISTS (SELECT 1 FROM pg_catalog.aclexplode(c.relacl) AS a WHERE a.grantee = 0))
+ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One line of ``agentapi-db verify``."""
+
+    name: str
+    description: str
+    findings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "check": self.name,
+            "ok": self.ok,
+            "description": self.description,
+            "findings": list(self.findings),
+        }
+
+
+def _rows(conn: Conn, query: str) -> list[tuple[str, str]]:
+    return [(str(a), str(b)) for a, b in conn.execute(query.encode()).fetchall()]
+
+
+def _check_login_roles(conn: Conn) -> CheckResult:
+    findings = [
+        f"login {name} can act as agentapi_app but is {attrs}"
+        for name, attrs in _rows(conn, _SQL_PRIVILEGED_APP_LOGINS)
+    ]
+    return CheckResult(
+        "login_roles", "logins acting as agentapi_app are not SUPERUSER or BYPASSRLS", findings
+    )
+
+
+def _check_meta(conn: Conn) -> CheckResult:
+    findings = [f"{obj}: {detail}" for obj, detail in _rows(conn, _SQL_META_POSTURE)]
+    return CheckResult(
+        "migration_history",
+        "agentapi_meta is owned by agentapi_owner, private, RLS forced",
+        findings,
+    )
+
+
+def _check_schema_version(conn: Conn) -> CheckResult:
+    state = read_state(conn)
+    findings: list[str] = []
+    if not state.has_history:
+        findings.append(
+            "no migration history (agentapi_meta.schema_migrations); run `agentapi-db migrate`"
+            + (" --baseline" if state.schema_present else "")
+        )
+    else:
+        findings.extend(f"migration {m.version} ({m.name}) is not applied" for m in state.pending)
+        findings.extend(state.problems())
+    description = (
+        "latest migration applied, checksums match "
+        f"(database at {state.current_version}, package at {state.latest_version})"
+    )
+    return CheckResult("schema_version", description, findings)
+
+
+def _lint_checks(conn: Conn) -> list[CheckResult]:
+    findings: dict[str, list[str]] = {item.name: [] for item in lint.LINTS}
+    for finding in lint.run_lints(conn):
+        findings.setdefault(finding.check, []).append(f"{finding.object}: {finding.detail}")
+    descriptions = {item.name: item.description for item in lint.LINTS}
+    return [
+        CheckResult(f"lint:{name}", descriptions.get(name, name), found)
+        for name, found in findings.items()
+    ]
+
+
+def run_checks(conn: Conn) -> list[CheckResult]:
+    """Run every check on ``conn`` (read only; rolls back what it opened)."""
+    results = [
+        *_lint_checks(conn),
+        _check_login_roles(conn),
+        _check_meta(conn),
+        _check_schema_version(conn),
+    ]
+    if not conn.autocommit:
+        conn.rollback()
+    return results
