@@ -19,6 +19,7 @@
 --   9. Audit partitions
 --  10. Views
 --  11. Grants
+--  12. Operations: key rotation helpers, audit hash chain, audit retention
 --
 -- Design notes (see docs/schema.md for the long form):
 --   * The acting user comes from the transaction-local setting app.user_id.
@@ -1145,6 +1146,372 @@ GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations
 GRANT EXECUTE ON FUNCTION
     public.cleanup_expired_sessions(),
     public.audit_ensure_partitions(integer, integer)
+TO agentapi_service;
+
+RESET ROLE;
+
+-- -----------------------------------------------------------------------------
+-- 12. Operations: key rotation, audit hash chain, audit retention
+--
+-- Used by `agentapi-db rotate-key`, `audit enable-chain`/`verify-chain` and
+-- `audit retention`; all of it is for agentapi_service only.
+-- -----------------------------------------------------------------------------
+
+-- Detached audit partitions wait here between retention's two steps (detach,
+-- then export and drop); nothing else ever lives in this schema.
+CREATE SCHEMA IF NOT EXISTS agentapi_retired AUTHORIZATION agentapi_owner;
+REVOKE ALL ON SCHEMA agentapi_retired FROM PUBLIC;
+GRANT USAGE ON SCHEMA agentapi_retired TO agentapi_service;
+COMMENT ON SCHEMA agentapi_retired IS
+    'Audit partitions detached by audit_retention_detach() and waiting to be exported and dropped by audit_retention_drop(). Read by agentapi_service only.';
+
+SET ROLE agentapi_owner;
+
+-- 12.1 Key rotation -----------------------------------------------------------
+
+-- Whether a ciphertext decrypts with `key`. A wrong key or corrupt data gives
+-- false; a malformed key still raises. Used by `rotate-key --verify`.
+CREATE FUNCTION public.token_decrypts_with(encrypted_token text, key text)
+RETURNS boolean
+LANGUAGE plpgsql
+STABLE
+AS $$
+BEGIN
+    PERFORM public.decrypt_token(encrypted_token, key);
+    RETURN encrypted_token IS NOT NULL OR NULL;
+EXCEPTION
+    -- 39000: wrong key or corrupt data; class 22 (e.g. 22023, not base64): malformed data.
+    WHEN external_routine_invocation_exception OR data_exception THEN
+        IF key IS NULL OR length(key) < 32 THEN
+            RAISE;  -- a malformed key is an error, not a "no"
+        END IF;
+        RETURN false;
+END
+$$;
+
+-- The ciphertext of the same token under `new_key`: unchanged if it already
+-- decrypts with `new_key`, re-encrypted if it decrypts with `old_key`. A value
+-- readable by neither raises data_corrupted: rotation never writes it over.
+CREATE FUNCTION public.reencrypt_token(encrypted_token text, new_key text, old_key text)
+RETURNS text
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+BEGIN
+    IF encrypted_token IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF public.token_decrypts_with(encrypted_token, new_key) THEN
+        RETURN encrypted_token;
+    END IF;
+    IF public.token_decrypts_with(encrypted_token, old_key) THEN
+        RETURN public.encrypt_token(public.decrypt_token(encrypted_token, old_key), new_key);
+    END IF;
+    RAISE EXCEPTION 'a stored token decrypts with neither the new nor the old key'
+        USING ERRCODE = 'data_corrupted';
+END
+$$;
+
+COMMENT ON FUNCTION public.token_decrypts_with(text, text) IS
+    'True if the ciphertext decrypts with the key, false on a wrong key or corrupt data; NULL in, NULL out. For key rotation checks (agentapi_service).';
+COMMENT ON FUNCTION public.reencrypt_token(text, text, text) IS
+    'Key rotation step: the ciphertext unchanged if it decrypts with new_key, else re-encrypted from old_key to new_key; raises data_corrupted if neither key opens it.';
+
+-- 12.2 Audit hash chain (tamper evidence, opt-in per organization) -------------
+--
+-- When an organization is enrolled (audit_chain_enable), every audit event of
+-- that organization gets chain_seq = previous + 1 and
+-- chain_hash = sha256(previous chain_hash || audit_chain_event_text(event)),
+-- computed by a BEFORE INSERT trigger. The chain head row is locked FOR UPDATE
+-- by the trigger, which serializes the organization's audit inserts until the
+-- inserting transaction ends (the write cost is measured in the README).
+-- `agentapi-db audit verify-chain` recomputes the chain and reports the first
+-- broken link. Enrolment lives in its own table, not in organizations.metadata,
+-- because tenant admins may write metadata and must not switch it off.
+
+ALTER TABLE public.audit_logs
+    ADD COLUMN chain_seq bigint,
+    ADD COLUMN chain_hash bytea;
+
+COMMENT ON COLUMN public.audit_logs.chain_seq IS
+    'Position in the organization''s hash chain (1, 2, ...); NULL when the organization is not enrolled. Set by the audit_logs_chain trigger only.';
+COMMENT ON COLUMN public.audit_logs.chain_hash IS
+    'sha256(previous chain_hash || audit_chain_event_text(event)); NULL when not chained. Set by the audit_logs_chain trigger only.';
+
+-- verify-chain walks an organization's events in chain order.
+CREATE INDEX audit_logs_chain_idx ON public.audit_logs (organization_id, chain_seq)
+    WHERE chain_seq IS NOT NULL;
+
+CREATE TABLE public.audit_chain_heads (
+    organization_id  uuid        PRIMARY KEY REFERENCES public.organizations (id) ON DELETE CASCADE,
+    last_seq         bigint      NOT NULL DEFAULT 0,
+    last_hash        bytea       NOT NULL,
+    base_seq         bigint      NOT NULL DEFAULT 0,
+    base_hash        bytea       NOT NULL,
+    enabled_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT audit_chain_heads_seq_order CHECK (0 <= base_seq AND base_seq <= last_seq)
+);
+
+ALTER TABLE public.audit_chain_heads ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.audit_chain_heads FORCE ROW LEVEL SECURITY;
+CREATE POLICY audit_chain_heads_owner ON public.audit_chain_heads TO agentapi_owner USING (true) WITH CHECK (true);
+
+COMMENT ON TABLE public.audit_chain_heads IS
+    'Organizations enrolled in the audit hash chain, with the head of each chain. Written only by audit_chain_enable(), the audit_logs_chain trigger and retention; readable by agentapi_service.';
+COMMENT ON COLUMN public.audit_chain_heads.last_seq IS 'chain_seq of the organization''s latest chained event (0: none yet).';
+COMMENT ON COLUMN public.audit_chain_heads.last_hash IS 'chain_hash of that event; the genesis hash sha256(''agentapi-db audit chain '' || organization_id) before the first.';
+COMMENT ON COLUMN public.audit_chain_heads.base_seq IS 'Events up to this chain_seq left the database through retention; verification starts after it.';
+COMMENT ON COLUMN public.audit_chain_heads.base_hash IS 'chain_hash of event base_seq (the genesis hash while base_seq = 0).';
+COMMENT ON POLICY audit_chain_heads_owner ON public.audit_chain_heads IS
+    'Only the owner (the SECURITY DEFINER chain functions) reads and writes chain heads; agentapi_service reads them by BYPASSRLS.';
+
+-- The canonical text of an event that its chain hash covers: a JSON array of
+-- every column but chain_hash, with the timestamp as integer microseconds since
+-- the epoch (independent of TimeZone and DateStyle) and jsonb's deterministic
+-- text form for details.
+CREATE FUNCTION public.audit_chain_event_text(
+    p_chain_seq       bigint,
+    p_id              uuid,
+    p_timestamp       timestamptz,
+    p_user_id         uuid,
+    p_organization_id uuid,
+    p_action          text,
+    p_resource_type   text,
+    p_resource_id     text,
+    p_details         jsonb,
+    p_ip_address      inet,
+    p_user_agent      text,
+    p_success         boolean,
+    p_error_message   text
+)
+RETURNS text
+LANGUAGE sql
+STABLE
+AS $$
+    SELECT pg_catalog.jsonb_build_array(
+        p_chain_seq, p_id::text,
+        (EXTRACT(epoch FROM p_timestamp) * 1000000)::bigint,
+        p_user_id::text, p_organization_id::text, p_action, p_resource_type, p_resource_id,
+        p_details, p_ip_address::text, p_user_agent, p_success,
+        p_error_message)::text
+$$;
+
+COMMENT ON FUNCTION public.audit_chain_event_text(bigint, uuid, timestamptz, uuid, uuid, text, text, text, jsonb, inet, text, boolean, text) IS
+    'Canonical text of an audit event covered by its chain hash: a JSON array of every column but chain_hash, timestamp as epoch microseconds.';
+
+CREATE FUNCTION public.audit_logs_chain()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    prev_seq bigint;
+    prev_hash bytea;
+BEGIN
+    -- Nobody supplies chain values: they are computed here or left NULL.
+    NEW.chain_seq := NULL;
+    NEW.chain_hash := NULL;
+    IF NEW.organization_id IS NULL THEN
+        RETURN NEW;
+    END IF;
+    SELECT h.last_seq, h.last_hash INTO prev_seq, prev_hash
+      FROM public.audit_chain_heads AS h
+     WHERE h.organization_id = NEW.organization_id
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NEW;
+    END IF;
+    NEW.chain_seq := prev_seq + 1;
+    NEW.chain_hash := pg_catalog.sha256(prev_hash || pg_catalog.convert_to(
+        public.audit_chain_event_text(NEW.chain_seq, NEW.id, NEW."timestamp", NEW.user_id,
+            NEW.organization_id, NEW.action, NEW.resource_type, NEW.resource_id, NEW.details,
+            NEW.ip_address, NEW.user_agent, NEW.success, NEW.error_message), 'UTF8'));
+    UPDATE public.audit_chain_heads
+       SET last_seq = NEW.chain_seq, last_hash = NEW.chain_hash
+     WHERE organization_id = NEW.organization_id;
+    RETURN NEW;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_logs_chain() IS
+    'BEFORE INSERT trigger on audit_logs: links an enrolled organization''s event into its hash chain (locks the chain head until the transaction ends); clears chain columns otherwise.';
+
+CREATE TRIGGER audit_logs_chain BEFORE INSERT ON public.audit_logs
+    FOR EACH ROW EXECUTE FUNCTION public.audit_logs_chain();
+
+-- Enrols an organization in the hash chain; later events are chained. Returns
+-- false if it already was. There is deliberately no way to leave the chain.
+CREATE FUNCTION public.audit_chain_enable(p_organization_id uuid)
+RETURNS boolean
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    genesis bytea := pg_catalog.sha256(pg_catalog.convert_to(
+        'agentapi-db audit chain ' || p_organization_id::text, 'UTF8'));
+    inserted integer;
+BEGIN
+    IF p_organization_id IS NULL
+       OR NOT EXISTS (SELECT 1 FROM public.organizations AS o WHERE o.id = p_organization_id) THEN
+        RAISE EXCEPTION 'no organization with id %', p_organization_id
+            USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'audit_chain_heads_organization_id_fkey';
+    END IF;
+    INSERT INTO public.audit_chain_heads (organization_id, last_hash, base_hash)
+    VALUES (p_organization_id, genesis, genesis)
+    ON CONFLICT (organization_id) DO NOTHING;
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    IF inserted > 0 THEN
+        INSERT INTO public.audit_logs (organization_id, action, resource_type, resource_id, details)
+        VALUES (p_organization_id, 'audit.chain.enable', 'organization', p_organization_id::text,
+                pg_catalog.jsonb_build_object('genesis', pg_catalog.encode(genesis, 'hex')));
+    END IF;
+    RETURN inserted > 0;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_chain_enable(uuid) IS
+    'Enrols an organization in the audit hash chain (its first chained event records the enrolment); false if already enrolled. For agentapi_service.';
+
+-- 12.3 Audit retention ----------------------------------------------------------
+--
+-- Whole monthly partitions leave in two steps, so an export can sit between
+-- them without holding a lock on audit_logs: audit_retention_detach() detaches
+-- the expired partitions into schema agentapi_retired (a short ACCESS
+-- EXCLUSIVE lock on audit_logs), then audit_retention_drop() drops one retired
+-- table and records an audit event about it. A crash between the steps leaves
+-- the table in agentapi_retired; the next run picks it up. Rows are never
+-- DELETEd.
+
+-- Detaches every monthly partition whose month ended at least keep_months
+-- months before the current month began, and moves chain bases past their
+-- events. Returns every table waiting in agentapi_retired (from this run or an
+-- interrupted earlier one) with its month range.
+CREATE FUNCTION public.audit_retention_detach(keep_months integer)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = ''
+SET lock_timeout = '10s'
+AS $$
+DECLARE
+    cutoff timestamptz;
+    part record;
+BEGIN
+    IF keep_months IS NULL OR keep_months < 1 OR keep_months > 1200 THEN
+        RAISE EXCEPTION 'keep_months must be between 1 and 1200'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    cutoff := date_trunc('month', now()) - pg_catalog.make_interval(months => keep_months);
+    FOR part IN
+        SELECT c.relname::text AS name,
+               pg_catalog.to_timestamp(pg_catalog.substr(c.relname, 13, 4) || pg_catalog.substr(c.relname, 18, 2),
+                                       'YYYYMM') AS month_start
+          FROM pg_catalog.pg_inherits AS i
+          JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+         WHERE i.inhparent = 'public.audit_logs'::pg_catalog.regclass
+           AND c.relname ~ '^audit_logs_y[0-9]{4}m[0-9]{2}$'
+         ORDER BY c.relname
+    LOOP
+        CONTINUE WHEN part.month_start + interval '1 month' > cutoff;
+        EXECUTE pg_catalog.format('ALTER TABLE public.audit_logs DETACH PARTITION public.%I', part.name);
+        EXECUTE pg_catalog.format('ALTER TABLE public.%I SET SCHEMA agentapi_retired', part.name);
+        EXECUTE pg_catalog.format('GRANT SELECT ON agentapi_retired.%I TO agentapi_service', part.name);
+        -- RLS stays forced on the retired table; let its owner (this function) count and read it.
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY audit_retired_owner_select ON agentapi_retired.%I FOR SELECT TO agentapi_owner USING (true)',
+            part.name);
+        -- Verification of a chain starts after the last event that leaves.
+        EXECUTE pg_catalog.format(
+            'UPDATE public.audit_chain_heads AS h SET base_seq = t.chain_seq, base_hash = t.chain_hash '
+            '  FROM (SELECT DISTINCT ON (r.organization_id) r.organization_id, r.chain_seq, r.chain_hash '
+            '          FROM agentapi_retired.%I AS r WHERE r.chain_seq IS NOT NULL '
+            '         ORDER BY r.organization_id, r.chain_seq DESC) AS t '
+            ' WHERE h.organization_id = t.organization_id AND t.chain_seq > h.base_seq', part.name);
+    END LOOP;
+    RETURN QUERY
+        SELECT c.relname::text,
+               pg_catalog.to_timestamp(pg_catalog.substr(c.relname, 13, 4) || pg_catalog.substr(c.relname, 18, 2), 'YYYYMM'),
+               pg_catalog.to_timestamp(pg_catalog.substr(c.relname, 13, 4) || pg_catalog.substr(c.relname, 18, 2), 'YYYYMM')
+                   + interval '1 month'
+          FROM pg_catalog.pg_class AS c
+         WHERE c.relnamespace = 'agentapi_retired'::pg_catalog.regnamespace
+           AND c.relkind = 'r'
+           AND c.relname ~ '^audit_logs_y[0-9]{4}m[0-9]{2}$'
+         ORDER BY c.relname;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_retention_detach(integer) IS
+    'Retention step 1: detaches the monthly audit partitions that ended keep_months or more months before the current month into schema agentapi_retired; returns every retired table waiting to be dropped. For agentapi_service.';
+
+-- Drops one retired partition and records an audit event about it (with the
+-- number of events and where they were exported, if anywhere). Returns the
+-- number of events dropped.
+CREATE FUNCTION public.audit_retention_drop(p_partition_name text, p_exported_to text DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    events bigint;
+BEGIN
+    IF p_partition_name IS NULL OR p_partition_name !~ '^audit_logs_y[0-9]{4}m[0-9]{2}$'
+       OR pg_catalog.to_regclass(pg_catalog.format('agentapi_retired.%I', p_partition_name)) IS NULL THEN
+        RAISE EXCEPTION 'no retired audit partition named %', p_partition_name
+            USING ERRCODE = 'undefined_table';
+    END IF;
+    EXECUTE pg_catalog.format('SELECT count(*) FROM agentapi_retired.%I', p_partition_name) INTO events;
+    EXECUTE pg_catalog.format('DROP TABLE agentapi_retired.%I', p_partition_name);
+    INSERT INTO public.audit_logs (action, resource_type, resource_id, details)
+    VALUES ('audit.retention.drop_partition', 'audit_logs_partition', p_partition_name,
+            pg_catalog.jsonb_build_object('events', events, 'exported_to', p_exported_to,
+                                          'role', session_user));
+    RETURN events;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_retention_drop(text, text) IS
+    'Retention step 2: drops one table of agentapi_retired and records an audit event (events dropped, export location); returns the number of events. For agentapi_service.';
+
+-- Both steps at once, without export (for scheduled jobs). Returns the number
+-- of partitions dropped.
+CREATE FUNCTION public.audit_retention(keep_months integer)
+RETURNS integer
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = ''
+AS $$
+DECLARE
+    part record;
+    dropped integer := 0;
+BEGIN
+    FOR part IN SELECT d.partition_name FROM public.audit_retention_detach(keep_months) AS d LOOP
+        PERFORM public.audit_retention_drop(part.partition_name, NULL);
+        dropped := dropped + 1;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_retention(integer) IS
+    'Retention without export: detaches and drops every audit partition older than keep_months months (one audit event per partition); returns how many. For agentapi_service and scheduled jobs.';
+
+GRANT SELECT ON public.audit_chain_heads TO agentapi_service;
+GRANT EXECUTE ON FUNCTION
+    public.token_decrypts_with(text, text),
+    public.reencrypt_token(text, text, text),
+    public.audit_chain_event_text(bigint, uuid, timestamptz, uuid, uuid, text, text, text, jsonb, inet, text, boolean, text),
+    public.audit_chain_enable(uuid),
+    public.audit_retention_detach(integer),
+    public.audit_retention_drop(text, text),
+    public.audit_retention(integer)
 TO agentapi_service;
 
 RESET ROLE;
