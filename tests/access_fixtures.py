@@ -58,13 +58,17 @@ _CURRENT_USER_ID = "SELECT current_setting('app.user_id', true)"
 
 
 def select_ids_sql(relation: str) -> sql.Composed:
-    """``SELECT id FROM <relation>`` (a table or view of the contract)."""
-    return sql.SQL("SELECT id FROM {}").format(sql.Identifier(relation))
+    """``SELECT id FROM public.<relation>`` (a table or view of the contract).
+
+    Schema-qualified, so that a role without USAGE on the schema gets "permission
+    denied" rather than "does not exist".
+    """
+    return sql.SQL("SELECT id FROM {}").format(sql.Identifier("public", relation))
 
 
 def insert_sql(table: str, columns: Sequence[str]) -> sql.Composed:
     return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(table),
+        sql.Identifier("public", table),
         sql.SQL(", ").join(sql.Identifier(c) for c in columns),
         sql.SQL(", ").join(sql.Placeholder() for _ in columns),
     )
@@ -72,7 +76,7 @@ def insert_sql(table: str, columns: Sequence[str]) -> sql.Composed:
 
 def update_sql(table: str, columns: Sequence[str]) -> sql.Composed:
     return sql.SQL("UPDATE {} SET {} WHERE id = %s").format(
-        sql.Identifier(table),
+        sql.Identifier("public", table),
         sql.SQL(", ").join(
             sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder()) for c in columns
         ),
@@ -80,7 +84,7 @@ def update_sql(table: str, columns: Sequence[str]) -> sql.Composed:
 
 
 def delete_sql(table: str) -> sql.Composed:
-    return sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier(table))
+    return sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier("public", table))
 
 
 # ---------------------------------------------------------------------------
