@@ -25,6 +25,7 @@ from tests.access_fixtures import (
     CHECK,
     CONFIGS,
     EXPIRED_SESSIONS,
+    FILTERED,
     ID,
     LABEL,
     NOBODY,
@@ -49,6 +50,7 @@ from tests.pg import (
     OWNER_ROLE,
     SERVICE_LOGIN,
     SERVICE_ROLE,
+    SUPERUSER,
     TABLES,
     Conn,
     TestDatabase,
@@ -71,6 +73,12 @@ _ENSURE_PARTITIONS = "SELECT public.audit_ensure_partitions(1, 0)"
 _AUDIT_UPDATE = "UPDATE audit_logs SET success = false WHERE id = %s"
 _AUDIT_DELETE = "DELETE FROM audit_logs WHERE id = %s"
 _AUDIT_TRUNCATE = "TRUNCATE audit_logs"
+_AUDIT_PARTITIONS = (
+    "SELECT c.relname FROM pg_catalog.pg_inherits AS i"
+    " JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid"
+    " WHERE i.inhparent = 'public.audit_logs'::regclass ORDER BY 1"
+)
+_OWNER_REGRANT = "GRANT UPDATE, DELETE ON public.audit_logs TO agentapi_owner"
 _AUDIT_BY_ID = "SELECT user_id, organization_id FROM audit_logs WHERE id = %s"
 _PROVISION_ORG = "INSERT INTO organizations (name, slug) VALUES ('Org C', 'org-c') RETURNING id"
 _PROVISION_ADMIN = (
@@ -284,6 +292,43 @@ def test_no_role_changes_an_audit_row(
 
 
 @pytest.mark.parametrize(("login", "role"), PRIVILEGED, ids=["service", "owner"])
+def test_no_role_changes_an_audit_partition_directly(seeded: Seeded, login: str, role: str) -> None:
+    with seeded.db.connect(SUPERUSER) as su:
+        partitions = [str(r[0]) for r in su.execute(_AUDIT_PARTITIONS).fetchall()]
+    assert "audit_logs_default" in partitions and len(partitions) >= 5
+    outcomes = {}
+    for partition in partitions:
+        for action, query in [
+            ("update", update_sql(partition, ["success"])),
+            ("delete", delete_sql(partition)),
+        ]:
+            params: list[object] = [False] if action == "update" else []
+            with _as(seeded, login, role) as conn:
+                outcomes[partition, action] = attempt(
+                    conn, query, [*params, ID["audit_member_A_in_org_A"]]
+                )
+    assert all(o == PRIV for o in outcomes.values()), outcomes
+
+
+def test_owner_granting_itself_update_still_changes_no_audit_row(seeded: Seeded) -> None:
+    """The owner can re-grant itself UPDATE/DELETE; RLS (no such policy) still filters."""
+    target = [ID["audit_member_A_in_org_A"]]
+    with _as(seeded, OWNER_LOGIN, OWNER_ROLE) as conn:
+        conn.execute(_OWNER_REGRANT)
+        assert attempt(conn, _AUDIT_UPDATE, target) == FILTERED
+        assert attempt(conn, _AUDIT_DELETE, target) == FILTERED
+
+
+@pytest.mark.parametrize(("action", "query"), AUDIT_WRITES[:2], ids=["update", "delete"])
+def test_even_a_superuser_trips_the_append_only_trigger(
+    seeded: Seeded, action: str, query: str
+) -> None:
+    conn = seeded.login(SUPERUSER)
+    with acting(conn, None), pytest.raises(errors.InsufficientPrivilege, match="append-only"):
+        conn.execute(query, [ID["audit_member_A_in_org_A"]])
+
+
+@pytest.mark.parametrize(("login", "role"), PRIVILEGED, ids=["service", "owner"])
 def test_privileged_roles_append_audit_events(seeded: Seeded, login: str, role: str) -> None:
     row = {"organization_id": ID["org_A"], "action": "maintenance", "resource_type": "job"}
     with _as(seeded, login, role) as conn:
@@ -310,10 +355,15 @@ def test_service_creates_global_prompts_visible_to_every_tenant(seeded: Seeded) 
     with _as(seeded, SERVICE_LOGIN, SERVICE_ROLE) as conn:
         row = conn.execute(_GLOBAL_PROMPT).fetchone()
         assert row is not None
-        first = conn.execute(_EFFECTIVE_PROMPTS, (ID["member_B"], ID["org_B"])).fetchone()
-        assert first is not None and first[0] != row[0]  # user prompts come first
-        ids = [r[0] for r in conn.execute(_EFFECTIVE_PROMPTS, (ID["member_B"], ID["org_B"]))]
-        assert row[0] in ids
+        LABEL[row[0]] = "new_global"  # this process only; the transaction rolls back
+        try:
+            for user, org, own in [("member_B", "org_B", MEMBER_B_PROMPTS),
+                                   ("member_A", "org_A", MEMBER_A_PROMPTS)]:
+                # Globals come after user and organization prompts, by priority (99 first).
+                expected = [*own[:2], "new_global", *own[2:]]
+                assert _prompt_labels(conn, user, org) == expected
+        finally:
+            del LABEL[row[0]]
 
 
 def test_service_cleans_up_expired_sessions(seeded: Seeded) -> None:
