@@ -359,11 +359,13 @@ class Outcome:
 
     Error kinds: ``rls`` (42501, a row-level security policy refused the new row),
     ``privilege`` (42501, permission denied: grants), ``check`` (23514, a CHECK
-    constraint or a trigger's check), ``fk`` (23503), ``unique`` (23505).
+    constraint or a trigger's check), ``fk`` (23503), ``unique`` (23505); for the
+    last three, ``constraint`` names the constraint that fired.
     """
 
     rows: int | None = None
     error: str | None = None
+    constraint: str | None = None
     detail: str = field(default="", compare=False)
 
     @property
@@ -373,15 +375,24 @@ class Outcome:
     def __str__(self) -> str:
         if self.error is None:
             return f"{self.rows} row(s)"
-        return f"error {self.error}" + (f" ({self.detail})" if self.detail else "")
+        named = f" {self.constraint}" if self.constraint else ""
+        return f"error {self.error}{named}" + (f" ({self.detail})" if self.detail else "")
 
 
 ALLOWED = Outcome(rows=1)
 FILTERED = Outcome(rows=0)
 RLS = Outcome(error="rls")
 PRIV = Outcome(error="privilege")
-CHECK = Outcome(error="check")
-FK = Outcome(error="fk")
+
+
+def check(constraint: str) -> Outcome:
+    """A CHECK constraint (or a trigger raising check_violation) named ``constraint``."""
+    return Outcome(error="check", constraint=constraint)
+
+
+def fk(constraint: str) -> Outcome:
+    """A foreign key violation of ``constraint``."""
+    return Outcome(error="fk", constraint=constraint)
 
 
 def classify(exc: psycopg.Error) -> Outcome:
@@ -392,12 +403,11 @@ def classify(exc: psycopg.Error) -> Outcome:
             return Outcome(error="rls", detail=message)
         if message.startswith("permission denied"):
             return Outcome(error="privilege", detail=message)
-    if isinstance(exc, errors.CheckViolation):
-        return Outcome(error="check", detail=message)
-    if isinstance(exc, errors.ForeignKeyViolation):
-        return Outcome(error="fk", detail=message)
-    if isinstance(exc, errors.UniqueViolation):
-        return Outcome(error="unique", detail=message)
+    kinds = {errors.CheckViolation: "check", errors.ForeignKeyViolation: "fk",
+             errors.UniqueViolation: "unique"}
+    for cls, kind in kinds.items():
+        if isinstance(exc, cls):
+            return Outcome(error=kind, constraint=exc.diag.constraint_name, detail=message)
     raise exc
 
 

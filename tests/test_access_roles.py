@@ -22,7 +22,6 @@ import pytest
 from psycopg import errors
 
 from tests.access_fixtures import (
-    CHECK,
     CONFIGS,
     EXPIRED_SESSIONS,
     FILTERED,
@@ -35,6 +34,7 @@ from tests.access_fixtures import (
     Outcome,
     Seeded,
     attempt,
+    check,
     classify,
     delete_sql,
     insert_sql,
@@ -383,20 +383,21 @@ def test_service_runs_audit_ensure_partitions(seeded: Seeded) -> None:
 
 # The schema rule "a token's configuration is one its user can see" holds for the
 # service too (a trigger, not a policy), and so does the immutable config scope.
+SCOPE_FIXED = check("mcp_configurations_scope_immutable")
+VISIBLE_CONFIG = check("mcp_oauth_tokens_configuration_visible")
 SERVICE_WRITES: list[tuple[str, str, list[object], Outcome]] = [
-    (
-        "token_on_another_users_personal_config",
-        "insert",
-        ["member_A", "cfg_member_A2"],
-        CHECK,
-    ),
+    ("token_on_another_users_personal_config", "insert", ["member_A", "cfg_member_A2"],
+     VISIBLE_CONFIG),
     ("token_of_member_A2_on_org_wide_config", "insert", ["member_A2", "cfg_org_A_spare"],
      Outcome(rows=1)),
     ("token_moved_to_user_who_cannot_see_its_config", "move_token",
-     ["tok_member_A_own", "member_A2"], CHECK),
-    ("org_wide_config_made_personal", "config_scope", ["cfg_org_A", "user_id", "member_A"], CHECK),
-    ("personal_config_made_org_wide", "config_scope", ["cfg_member_A", "user_id", None], CHECK),
-    ("config_moved_to_org_B", "config_scope", ["cfg_org_A", "organization_id", "org_B"], CHECK),
+     ["tok_member_A_own", "member_A2"], VISIBLE_CONFIG),
+    ("org_wide_config_made_personal", "config_scope", ["cfg_org_A", "user_id", "member_A"],
+     SCOPE_FIXED),
+    ("personal_config_made_org_wide", "config_scope", ["cfg_member_A", "user_id", None],
+     SCOPE_FIXED),
+    ("config_moved_to_org_B", "config_scope", ["cfg_org_A", "organization_id", "org_B"],
+     SCOPE_FIXED),
 ]
 
 
