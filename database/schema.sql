@@ -146,7 +146,7 @@ CREATE TABLE public.organizations (
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT organizations_slug_key UNIQUE (slug),
-    CONSTRAINT organizations_name_not_blank CHECK (btrim(name) <> '' AND length(name) <= 200),
+    CONSTRAINT organizations_name_not_blank CHECK (name ~ '\S' AND length(name) <= 200),
     CONSTRAINT organizations_slug_format CHECK (slug ~ '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$'),
     CONSTRAINT organizations_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
 );
@@ -201,7 +201,7 @@ CREATE TABLE public.user_sessions (
     CONSTRAINT user_sessions_user_fkey FOREIGN KEY (user_id, organization_id)
         REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
     CONSTRAINT user_sessions_workspace_path_valid CHECK (
-        btrim(workspace_path) <> ''
+        workspace_path ~ '\S'
         AND length(workspace_path) <= 4096
         AND workspace_path !~ '(^|/)\.\.(/|$)'
     ),
@@ -248,18 +248,18 @@ CREATE TABLE public.mcp_configurations (
     -- Names are unique among an organization's org-wide configs (user_id NULL)
     -- and among one user's own configs. NULLS NOT DISTINCT makes NULL user_ids collide.
     CONSTRAINT mcp_configurations_name_key UNIQUE NULLS NOT DISTINCT (organization_id, user_id, name),
-    CONSTRAINT mcp_configurations_name_not_blank CHECK (btrim(name) <> '' AND length(name) <= 200),
+    CONSTRAINT mcp_configurations_name_not_blank CHECK (name ~ '\S' AND length(name) <= 200),
     CONSTRAINT mcp_configurations_http_needs_endpoint CHECK (
         type NOT IN ('http', 'sse')
         OR (endpoint IS NOT NULL AND endpoint ~* '^https?://[^[:space:]/?#]+[^[:space:]]*$' AND command IS NULL)
     ),
     CONSTRAINT mcp_configurations_stdio_needs_command CHECK (
-        type <> 'stdio' OR (command IS NOT NULL AND btrim(command) <> '' AND endpoint IS NULL)
+        type <> 'stdio' OR (command IS NOT NULL AND command ~ '\S' AND endpoint IS NULL)
     ),
     CONSTRAINT mcp_configurations_bearer_token_iff_bearer CHECK ((auth_type = 'bearer') = (bearer_token IS NOT NULL)),
     CONSTRAINT mcp_configurations_oauth_provider_iff_oauth CHECK (
         (auth_type = 'oauth') = (oauth_provider IS NOT NULL)
-        AND (oauth_provider IS NULL OR btrim(oauth_provider) <> '')
+        AND (oauth_provider IS NULL OR oauth_provider ~ '\S')
     ),
     CONSTRAINT mcp_configurations_args_array CHECK (jsonb_typeof(args) = 'array'),
     CONSTRAINT mcp_configurations_env_object CHECK (jsonb_typeof(env) = 'object')
@@ -304,8 +304,8 @@ CREATE TABLE public.mcp_oauth_tokens (
         REFERENCES public.mcp_configurations (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
     -- One row per user and configuration (a user has one organization, so this is that rule).
     CONSTRAINT mcp_oauth_tokens_user_configuration_key UNIQUE (user_id, organization_id, mcp_configuration_id),
-    CONSTRAINT mcp_oauth_tokens_provider_not_blank CHECK (btrim(oauth_provider) <> ''),
-    CONSTRAINT mcp_oauth_tokens_token_type_not_blank CHECK (btrim(token_type) <> ''),
+    CONSTRAINT mcp_oauth_tokens_provider_not_blank CHECK (oauth_provider ~ '\S'),
+    CONSTRAINT mcp_oauth_tokens_token_type_not_blank CHECK (token_type ~ '\S'),
     CONSTRAINT mcp_oauth_tokens_failure_count_nonnegative CHECK (refresh_failure_count >= 0)
 );
 
@@ -344,7 +344,7 @@ CREATE TABLE public.system_prompts (
             WHEN 'user'         THEN organization_id IS NOT NULL AND user_id IS NOT NULL
         END
     ),
-    CONSTRAINT system_prompts_content_not_blank CHECK (btrim(content) <> '')
+    CONSTRAINT system_prompts_content_not_blank CHECK (content ~ '\S')
 );
 
 -- One index per branch of get_effective_system_prompts, each ordered as it returns.
@@ -378,8 +378,8 @@ CREATE TABLE public.audit_logs (
     success          boolean     NOT NULL DEFAULT true,
     error_message    text,
     CONSTRAINT audit_logs_pkey PRIMARY KEY (id, "timestamp"),
-    CONSTRAINT audit_logs_action_not_blank CHECK (btrim(action) <> '' AND length(action) <= 200),
-    CONSTRAINT audit_logs_resource_type_not_blank CHECK (btrim(resource_type) <> '' AND length(resource_type) <= 200),
+    CONSTRAINT audit_logs_action_not_blank CHECK (action ~ '\S' AND length(action) <= 200),
+    CONSTRAINT audit_logs_resource_type_not_blank CHECK (resource_type ~ '\S' AND length(resource_type) <= 200),
     CONSTRAINT audit_logs_details_object CHECK (jsonb_typeof(details) = 'object')
 ) PARTITION BY RANGE ("timestamp");
 
