@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.pg import PgServer, create_database, drop_database, unique_name
+
 ENTRY_POINT = "agentapi-db"
 
 # Variables that would point a command at some other database or data dir.
@@ -94,3 +96,14 @@ def traversable_tmp_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def empty_database(server: PgServer, prefix: str = "agentapi_empty") -> Iterator[str]:
+    """Name of a new, empty database (no schema: not cloned from the template)."""
+    name = unique_name(prefix)
+    create_database(server, name)
+    try:
+        yield name
+    finally:
+        drop_database(server, name)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.cli_fixtures import assert_clean_error, run_cli
-from tests.pg import APP_LOGIN, PgServer, TestDatabase, create_database, drop_database, unique_name
+from tests.cli_fixtures import assert_clean_error, empty_database, run_cli
+from tests.pg import APP_LOGIN, PgServer, TestDatabase
 
 _SABOTAGE = "ALTER TABLE public.users NO FORCE ROW LEVEL SECURITY"
 _GRANT_PUBLIC = "GRANT SELECT ON public.organizations TO PUBLIC"
@@ -19,12 +19,8 @@ _HISTORY_COUNT = "SELECT count(*) FROM agentapi_meta.schema_migrations"
 @pytest.fixture
 def fresh_url(pg_server: PgServer, login_roles: dict[str, str | None]) -> Iterator[str]:
     """Superuser URL of a new, empty database."""
-    name = unique_name("agentapi_cli")
-    create_database(pg_server, name)
-    try:
+    with empty_database(pg_server, "agentapi_cli") as name:
         yield pg_server.url(name)
-    finally:
-        drop_database(pg_server, name)
 
 
 def test_migrate_then_verify_a_fresh_database(fresh_url: str) -> None:

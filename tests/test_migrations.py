@@ -18,14 +18,12 @@ from agentapi_db.migrations import (
     available_migrations,
     migrate,
 )
+from tests.cli_fixtures import empty_database
 from tests.pg import (
     OWNER_LOGIN,
     SCHEMA_SQL,
     PgServer,
     TestDatabase,
-    create_database,
-    drop_database,
-    unique_name,
 )
 
 # ---------------------------------------------------------------------------
@@ -139,12 +137,8 @@ _TABLE_EXISTS = "SELECT to_regclass(%s) IS NOT NULL"
 @pytest.fixture
 def empty_db(pg_server: PgServer, login_roles: dict[str, str | None]) -> Iterator[str]:
     """Name of a new, empty database (not cloned from the schema template)."""
-    name = unique_name("agentapi_mig")
-    create_database(pg_server, name)
-    try:
+    with empty_database(pg_server, "agentapi_mig") as name:
         yield name
-    finally:
-        drop_database(pg_server, name)
 
 
 @pytest.fixture
