@@ -1,0 +1,192 @@
+"""Encryption key rotation: library level, CLI, and SIGKILL at random points."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agentapi_db import opsdb
+from agentapi_db.errors import ConfigurationError
+from agentapi_db.keys import EncryptionKey
+from agentapi_db.rotation import RotationError, rotate_keys, verify_rotation
+from tests.ops_fixtures import (
+    key_states,
+    plaintext_mismatches,
+    run_cli,
+    seed_encrypted,
+    seed_tenant,
+)
+from tests.pg import SERVICE_LOGIN, SUPERUSER, TestDatabase
+
+_CORRUPT = "UPDATE mcp_configurations SET bearer_token = encrypt_token('x', %s) WHERE id = %s"
+_FIRST_CONFIG = "SELECT id FROM mcp_configurations WHERE bearer_token IS NOT NULL ORDER BY id"
+_NOW = "SELECT now()"
+_ROTATED_ROWS = (
+    "SELECT (SELECT count(*) FROM mcp_configurations WHERE updated_at >= %s)"
+    " + (SELECT count(*) FROM mcp_oauth_tokens WHERE updated_at >= %s)"
+)
+_CIPHERTEXTS = (
+    "SELECT id::text || coalesce(bearer_token, '') FROM mcp_configurations "
+    "UNION ALL SELECT id::text || access_token || coalesce(refresh_token, '') "
+    "FROM mcp_oauth_tokens ORDER BY 1"
+)
+
+
+def _ciphertexts(db: TestDatabase) -> list[str]:
+    with db.connect(SUPERUSER) as conn:
+        return [str(r[0]) for r in conn.execute(_CIPHERTEXTS)]
+
+
+def test_rotate_then_verify(db: TestDatabase) -> None:
+    old, new = EncryptionKey.generate(), EncryptionKey.generate()
+    tenant = seed_tenant(db, "rot")
+    n = seed_encrypted(db, tenant, old, bearer=40, oauth=30)
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        before = verify_rotation(conn, new, old)
+        assert not before.ok and before.total == n
+        assert sum(c.old_key for c in before.columns) == n
+
+        seen: list[int] = []
+        result = rotate_keys(conn, new, old, batch_size=7, on_batch=seen.append)
+        assert result.values_seen == n == sum(seen)
+        assert result.values_reencrypted == n
+        assert result.batches == (40 + 6) // 7 + (30 + 6) // 7
+
+        after = verify_rotation(conn, new, old)
+        assert after.ok, after
+        assert after.total == n
+        # A rerun finds nothing left to do.
+        again = rotate_keys(conn, new, old, batch_size=1000)
+        assert (again.values_seen, again.values_reencrypted) == (n, 0)
+    assert key_states(db, new, old) == (n, 0, 0, 0)
+    count, bad = plaintext_mismatches(db, new)
+    assert (count, bad) == (n, [])
+
+
+def test_verify_changes_nothing_and_reports_old_values(db: TestDatabase) -> None:
+    old, new = EncryptionKey.generate(), EncryptionKey.generate()
+    seed_encrypted(db, seed_tenant(db, "ver"), old, bearer=5, oauth=10)
+    before = _ciphertexts(db)
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        report = verify_rotation(conn, new, old)
+        without_old = verify_rotation(conn, new, None)
+    assert _ciphertexts(db) == before
+    assert not report.ok and not without_old.ok
+    by_column = {c.column: c for c in report.columns}
+    assert by_column["mcp_configurations.bearer_token"].old_key == 5
+    assert by_column["mcp_oauth_tokens.refresh_token"].old_key == 9
+    assert len(by_column["mcp_oauth_tokens.access_token"].sample) == 5
+
+
+def test_unreadable_value_stops_rotation_and_is_kept(db: TestDatabase) -> None:
+    old, new, stray = (EncryptionKey.generate() for _ in range(3))
+    seed_encrypted(db, seed_tenant(db, "bad"), old, bearer=20, oauth=0)
+    with db.connect(SUPERUSER) as conn:
+        ids = [r[0] for r in conn.execute(_FIRST_CONFIG)]
+        conn.execute(_CORRUPT, (stray.sql_value, ids[10]))
+        conn.commit()
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        with pytest.raises(RotationError) as info:
+            rotate_keys(conn, new, old, batch_size=3)
+        assert info.value.row_id == ids[10]
+        assert new.sql_value not in str(info.value) and old.sql_value not in str(info.value)
+        report = verify_rotation(conn, new, old)
+    col = report.columns[0]
+    # Batches before the bad row committed; the bad row and later ones are untouched.
+    assert (col.ok, col.unreadable, col.old_key) == (9, 1, 10)
+
+
+def test_same_key_is_refused(db: TestDatabase) -> None:
+    key = EncryptionKey.generate()
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn, pytest.raises(ConfigurationError):
+        rotate_keys(conn, key, EncryptionKey.parse(key.reveal()))
+
+
+def _env(db: TestDatabase, new: EncryptionKey, old: EncryptionKey) -> dict[str, str]:
+    return {
+        "AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN),
+        "AGENTAPI_ENCRYPTION_KEY": new.reveal(),
+        "AGENTAPI_OLD_ENCRYPTION_KEY": old.reveal(),
+    }
+
+
+def test_cli_rotate_and_verify(db: TestDatabase) -> None:
+    old, new = EncryptionKey.generate(), EncryptionKey.generate()
+    n = seed_encrypted(db, seed_tenant(db, "cli"), old, bearer=10, oauth=10)
+    env = _env(db, new, old)
+    check = run_cli(["rotate-key", "--verify"], env)
+    assert check.returncode == 1, check.stdout + check.stderr
+    done = run_cli(["rotate-key", "--batch-size", "4"], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{n}" in done.stdout
+    check = run_cli(["rotate-key", "--verify"], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for out in (done, check):
+        for secret in (new.reveal(), old.reveal()):
+            assert secret not in out.stdout + out.stderr
+
+
+def test_cli_without_old_key_is_a_config_error(db: TestDatabase) -> None:
+    new = EncryptionKey.generate()
+    out = run_cli(
+        ["rotate-key"],
+        {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN), "AGENTAPI_ENCRYPTION_KEY": new.reveal()},
+    )
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "AGENTAPI_OLD_ENCRYPTION_KEY" in out.stderr
+
+
+def test_sigkill_at_random_points_then_rerun_finishes(db: TestDatabase) -> None:
+    """Kill the real CLI with SIGKILL several times mid-rotation; a rerun finishes the job.
+
+    Kill points are random amounts of progress (rows rotated so far, seen through
+    ``updated_at``), so they land inside the work however fast the machine is.
+    """
+    old, new = EncryptionKey.generate(), EncryptionKey.generate()
+    n = seed_encrypted(db, seed_tenant(db, "kill"), old, bearer=1500, oauth=800)
+    assert n == 1500 + 800 + 720
+    rows = 1500 + 800
+    env = {**os.environ, **_env(db, new, old), "NO_COLOR": "1"}
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    targets = sorted(rng.sample(range(rows // 20, rows - rows // 20), 4))
+    watcher = db.connect(SUPERUSER)
+    watcher.autocommit = True
+    t0 = watcher.execute(_NOW).fetchone()
+    assert t0 is not None
+    progress: list[tuple[int, ...]] = []
+    for target in targets:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agentapi_db.cli", "rotate-key", "--batch-size", "10"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            done = watcher.execute(_ROTATED_ROWS, (t0[0], t0[0])).fetchone()
+            if done is not None and done[0] >= target:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the rotation finished before its kill point"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        states = key_states(db, new, old)
+        # Every value opens with exactly one of the two keys at every kill point.
+        assert states[2] == 0 and states[3] == 0, states
+        assert states[0] + states[1] == n
+        progress.append(states)
+    assert all(0 < s[0] < n for s in progress), progress
+    assert [s[0] for s in progress] == sorted(s[0] for s in progress)
+    final = run_cli(["rotate-key", "--batch-size", "200"], _env(db, new, old))
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert key_states(db, new, old) == (n, 0, 0, 0)
+    count, bad = plaintext_mismatches(db, new)
+    assert (count, bad) == (n, [])
+    verify = run_cli(["rotate-key", "--verify"], _env(db, new, old))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
