@@ -22,6 +22,9 @@
 --  12. Operations: key rotation helpers, audit hash chain, audit retention
 --
 -- Design notes (see docs/schema.md for the long form):
+--   * Every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp
+--     (pg_temp explicitly last: an empty search_path still searches pg_temp
+--     first for types and tables) and TEMPORARY is revoked from PUBLIC.
 --   * The acting user comes from the transaction-local setting app.user_id.
 --     Organisation, role and the active flag are always derived from `users`
 --     by SECURITY DEFINER helpers in the schema agentapi_auth; nothing the
@@ -91,6 +94,15 @@ REVOKE ALL ON SCHEMA public FROM PUBLIC;
 GRANT USAGE, CREATE ON SCHEMA public TO agentapi_owner;
 REVOKE ALL ON SCHEMA extensions FROM PUBLIC;
 REVOKE ALL ON SCHEMA agentapi_auth FROM PUBLIC;
+
+-- No temporary objects for PUBLIC. Together with search_path = pg_catalog, pg_temp
+-- on every SECURITY DEFINER function, this stops a caller from shadowing a type
+-- or table in pg_temp that a definer function would then resolve.
+DO $$
+BEGIN
+    EXECUTE pg_catalog.format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', pg_catalog.current_database());
+END
+$$;
 
 -- -----------------------------------------------------------------------------
 -- 2. Extensions
@@ -411,7 +423,7 @@ AS $$
     SELECT CASE
         WHEN pg_catalog.current_setting('app.user_id', true)
              ~ '^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$'
-        THEN pg_catalog.current_setting('app.user_id', true)::uuid
+        THEN pg_catalog.current_setting('app.user_id', true)::pg_catalog.uuid
     END
 $$;
 
@@ -426,7 +438,7 @@ RETURNS uuid
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     requested uuid := agentapi_auth.requested_user_id();
@@ -445,7 +457,7 @@ RETURNS uuid
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     requested uuid := agentapi_auth.requested_user_id();
@@ -464,7 +476,7 @@ RETURNS uuid
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     requested uuid := agentapi_auth.requested_user_id();
@@ -485,7 +497,7 @@ RETURNS text
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     requested uuid := agentapi_auth.requested_user_id();
@@ -569,7 +581,7 @@ CREATE FUNCTION public.mcp_oauth_tokens_check_configuration()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     config_user uuid;
@@ -579,7 +591,7 @@ BEGIN
       FROM public.mcp_configurations AS c
      WHERE c.id = NEW.mcp_configuration_id AND c.organization_id = NEW.organization_id;
     IF NOT FOUND THEN
-        RETURN NEW;  -- the foreign key reports the missing configuration
+        RETURN NULL;  -- the foreign key reports the missing configuration
     END IF;
     IF config_user IS NOT NULL AND config_user <> NEW.user_id THEN
         RAISE EXCEPTION 'an OAuth token''s configuration must be organization-wide or the token user''s own'
@@ -589,15 +601,18 @@ BEGIN
         RAISE EXCEPTION 'OAuth tokens can only be stored for a configuration whose auth_type is oauth'
             USING ERRCODE = 'check_violation', CONSTRAINT = 'mcp_oauth_tokens_configuration_oauth';
     END IF;
-    RETURN NEW;
+    RETURN NULL;
 END
 $$;
 
 COMMENT ON FUNCTION public.mcp_oauth_tokens_check_configuration() IS
-    'BEFORE INSERT/UPDATE trigger on mcp_oauth_tokens: the configuration is visible to the token''s user and uses OAuth.';
+    'AFTER INSERT/UPDATE constraint trigger on mcp_oauth_tokens: the configuration is visible to the token''s user and uses OAuth.';
 
-CREATE TRIGGER mcp_oauth_tokens_check_configuration
-    BEFORE INSERT OR UPDATE OF user_id, organization_id, mcp_configuration_id ON public.mcp_oauth_tokens
+-- An AFTER constraint trigger, so it runs only once the row has passed the
+-- caller's RLS checks: a BEFORE trigger would answer questions about another
+-- tenant's configurations before RLS refused the row.
+CREATE CONSTRAINT TRIGGER mcp_oauth_tokens_check_configuration
+    AFTER INSERT OR UPDATE OF user_id, organization_id, mcp_configuration_id ON public.mcp_oauth_tokens
     FOR EACH ROW EXECUTE FUNCTION public.mcp_oauth_tokens_check_configuration();
 
 -- Audit rows are never updated or deleted, by anyone. Grants and policies
@@ -966,7 +981,7 @@ RETURNS integer
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     first_month date := (date_trunc('month', now()) - make_interval(months => months_back))::date;
@@ -1077,7 +1092,10 @@ COMMENT ON VIEW public.effective_mcp_configurations IS
 --
 -- Each role gets exactly what the matrix needs. UPDATE and INSERT are granted
 -- per column: the application can never move a row to another organization or
--- user, backdate an audit event, or touch created_at.
+-- user, backdate an audit event, or touch created_at. It cannot choose primary
+-- keys either (a collision would reveal that another tenant's id exists), nor
+-- change an organization's slug (the global unique index would tell an admin
+-- which slugs other tenants use): slugs are changed by agentapi_service.
 -- -----------------------------------------------------------------------------
 
 RESET ROLE;
@@ -1089,32 +1107,32 @@ GRANT USAGE ON TYPE public.user_role, public.mcp_type, public.auth_type, public.
 
 -- agentapi_app --------------------------------------------------------------
 GRANT SELECT ON public.organizations TO agentapi_app;
-GRANT UPDATE (name, slug, metadata) ON public.organizations TO agentapi_app;
+GRANT UPDATE (name, metadata) ON public.organizations TO agentapi_app;
 
 GRANT SELECT, DELETE ON public.users TO agentapi_app;
-GRANT INSERT (id, organization_id, email, role, is_active, metadata, last_login_at) ON public.users TO agentapi_app;
+GRANT INSERT (organization_id, email, role, is_active, metadata, last_login_at) ON public.users TO agentapi_app;
 GRANT UPDATE (email, role, is_active, metadata, last_login_at) ON public.users TO agentapi_app;
 
 GRANT SELECT, DELETE ON public.user_sessions TO agentapi_app;
-GRANT INSERT (id, user_id, organization_id, workspace_path, system_prompt, metadata, expires_at, last_active_at)
+GRANT INSERT (user_id, organization_id, workspace_path, system_prompt, metadata, expires_at, last_active_at)
     ON public.user_sessions TO agentapi_app;
 GRANT UPDATE (workspace_path, system_prompt, metadata, expires_at, last_active_at) ON public.user_sessions TO agentapi_app;
 
 GRANT SELECT, DELETE ON public.mcp_configurations TO agentapi_app;
-GRANT INSERT (id, organization_id, user_id, name, type, endpoint, command, args, env, auth_type,
+GRANT INSERT (organization_id, user_id, name, type, endpoint, command, args, env, auth_type,
               bearer_token, oauth_provider, enabled) ON public.mcp_configurations TO agentapi_app;
 GRANT UPDATE (name, type, endpoint, command, args, env, auth_type, bearer_token, oauth_provider, enabled)
     ON public.mcp_configurations TO agentapi_app;
 
 GRANT SELECT, DELETE ON public.mcp_oauth_tokens TO agentapi_app;
-GRANT INSERT (id, user_id, organization_id, mcp_configuration_id, oauth_provider, access_token, refresh_token,
+GRANT INSERT (user_id, organization_id, mcp_configuration_id, oauth_provider, access_token, refresh_token,
               token_type, scope, expires_at) ON public.mcp_oauth_tokens TO agentapi_app;
 GRANT UPDATE (oauth_provider, access_token, refresh_token, token_type, scope, expires_at,
               refresh_claimed_until, refresh_claimed_by, refresh_failure_count, last_refresh_error,
               last_refreshed_at) ON public.mcp_oauth_tokens TO agentapi_app;
 
 GRANT SELECT, DELETE ON public.system_prompts TO agentapi_app;
-GRANT INSERT (id, scope, organization_id, user_id, content, priority, template, enabled, created_by)
+GRANT INSERT (scope, organization_id, user_id, content, priority, template, enabled, created_by)
     ON public.system_prompts TO agentapi_app;
 GRANT UPDATE (content, priority, template, enabled) ON public.system_prompts TO agentapi_app;
 
@@ -1303,7 +1321,7 @@ CREATE FUNCTION public.audit_logs_chain()
 RETURNS trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     prev_seq bigint;
@@ -1347,7 +1365,7 @@ RETURNS boolean
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     genesis bytea := pg_catalog.sha256(pg_catalog.convert_to(
@@ -1394,7 +1412,7 @@ RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamp
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '10s'
 AS $$
 DECLARE
@@ -1456,7 +1474,7 @@ RETURNS bigint
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     events bigint;
@@ -1486,7 +1504,7 @@ RETURNS integer
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
-SET search_path = ''
+SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     part record;
