@@ -83,6 +83,10 @@ def update_sql(table: str, columns: Sequence[str]) -> sql.Composed:
     )
 
 
+def truncate_sql(table: str) -> sql.Composed:
+    return sql.SQL("TRUNCATE {}").format(sql.Identifier("public", table))
+
+
 def delete_sql(table: str) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE id = %s").format(sql.Identifier("public", table))
 
@@ -312,17 +316,20 @@ class Seeded:
         return self._logins[login]
 
     @contextmanager
-    def as_app(self, actor: str) -> Iterator[Conn]:
+    def as_app(self, actor: str, *, set_role: bool = True) -> Iterator[Conn]:
         """A rolled-back transaction of ``app_login`` as agentapi_app, acting as ``actor``.
 
-        Each actor has a connection of its own, so "unset" really never had
-        ``app.user_id`` set in its session (a transaction-local set leaves ``''``
-        behind in the session once the transaction ends).
+        ``SET LOCAL ROLE agentapi_app`` unless ``set_role`` is false (then the login
+        acts through its inherited membership). Each (actor, set_role) has a
+        connection of its own, so "unset" really never had ``app.user_id`` set in
+        its session (a transaction-local set leaves ``''`` behind in the session
+        once the transaction ends).
         """
-        if actor not in self._app:
-            self._app[actor] = self.db.connect(APP_LOGIN)
-        conn = self._app[actor]
-        with acting(conn, APP_ROLE, ACTORS[actor].setting) as c:
+        key = f"{actor}:{set_role}"
+        if key not in self._app:
+            self._app[key] = self.db.connect(APP_LOGIN)
+        conn = self._app[key]
+        with acting(conn, APP_ROLE if set_role else None, ACTORS[actor].setting) as c:
             if actor == "unset":
                 row = c.execute(_CURRENT_USER_ID).fetchone()
                 assert row is not None and row[0] is None, "app.user_id is set"

@@ -674,9 +674,9 @@ CASES = [*SELECT_CASES, *WRITE_CASES]
 # ---------------------------------------------------------------------------
 
 
-def check_case(seeded: Seeded, case: Case) -> None:
+def check_case(seeded: Seeded, case: Case, *, set_role: bool = True) -> None:
     """Act as the case's actor and compare what happens with the expectation."""
-    with seeded.as_app(case.actor) as conn:
+    with seeded.as_app(case.actor, set_role=set_role) as conn:
         if case.action == "select":
             seen = visible_labels(conn, case.table)
             assert seen == set(case.visible), (
@@ -710,6 +710,12 @@ def seeded(module_db: TestDatabase) -> Seeded:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_matrix(seeded: Seeded, case: Case) -> None:
     check_case(seeded, case)
+
+
+@pytest.mark.parametrize("case", SELECT_CASES, ids=[c.id for c in SELECT_CASES])
+def test_reads_are_the_same_without_set_role(seeded: Seeded, case: Case) -> None:
+    """``app_login`` without SET ROLE acts through its membership: the same policies apply."""
+    check_case(seeded, case, set_role=False)
 
 
 # ---------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from tests.access_fixtures import (
     delete_sql,
     insert_sql,
     seed,
+    truncate_sql,
     update_sql,
     visible_labels,
 )
@@ -448,6 +449,20 @@ MAINTENANCE = [
 def test_app_cannot_run_maintenance(seeded: Seeded, actor: str, name: str, query: str) -> None:
     with seeded.as_app(actor) as conn:
         assert attempt(conn, query, []) == PRIV
+
+
+@pytest.mark.parametrize("table", TABLES)
+def test_app_cannot_truncate(seeded: Seeded, table: str) -> None:
+    """TRUNCATE ignores row-level security, so the application must not have it."""
+    with seeded.as_app("admin_A") as conn:
+        assert attempt(conn, truncate_sql(table), []) == PRIV
+
+
+@pytest.mark.parametrize("role", [SERVICE_ROLE, OWNER_ROLE])
+def test_app_login_cannot_become_service_or_owner(seeded: Seeded, role: str) -> None:
+    conn = seeded.login(APP_LOGIN)
+    with pytest.raises(errors.InsufficientPrivilege), acting(conn, role):
+        pass
 
 
 OUTSIDER_READS = [*TABLES, "active_user_sessions", "effective_mcp_configurations"]
