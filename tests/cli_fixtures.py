@@ -77,14 +77,17 @@ def run_cli(
 
 
 def assert_clean_error(result: CliResult, code: int, *needles: str) -> None:
-    """Exit ``code``, one error line naming every needle, and no traceback."""
+    """Exit ``code``, one error line (the last on stderr) naming every needle, no traceback.
+
+    Progress messages may precede the error line on stderr.
+    """
     assert result.code == code, str(result)
     assert "Traceback" not in result.stderr + result.stdout, str(result)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, str(result)
-    assert lines[0].startswith("error:"), str(result)
+    error_lines = [line for line in lines if line.startswith("error:")]
+    assert len(error_lines) == 1 and lines[-1] == error_lines[0], str(result)
     for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in the error line\n{result}"
+        assert needle in error_lines[0], f"{needle!r} not in the error line\n{result}"
 
 
 @contextmanager
