@@ -194,6 +194,11 @@ def create_database(server: PgServer, name: str, template: str | None = None) ->
                     sql.Identifier(name), sql.Identifier(template)
                 )
             )
+            # Database-level privileges are not copied from a template; schema.sql
+            # revokes TEMPORARY from PUBLIC on the database it is applied to.
+            conn.execute(
+                sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            )
 
 
 def drop_database(server: PgServer, name: str) -> None:

@@ -1,0 +1,159 @@
+"""Regression tests for holes found in review of the schema.
+
+Each test reproduces an attack that worked against an earlier version of
+``database/schema.sql`` and asserts it no longer does:
+
+1. ``search_path = ''`` on SECURITY DEFINER functions still searches ``pg_temp``
+   first for types: a caller-made ``pg_temp.uuid`` domain with a CHECK calling
+   the caller's function ran that function as ``agentapi_owner``.
+2. A BEFORE trigger that checked a token's configuration as the definer answered
+   questions about another tenant's configurations before RLS refused the row.
+3. Caller-chosen primary keys revealed, by collision, that another tenant's id exists.
+4. A global unique slug let an admin probe which slugs other tenants use.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from tests.pg import APP_LOGIN, APP_ROLE, Conn, TestDatabase, acting
+
+ORG_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/org-a"))
+ORG_B = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/org-b"))
+ADMIN_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/admin-a"))
+MEMBER_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/member-a"))
+ADMIN_B = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/admin-b"))
+CONFIG_B_PERSONAL = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/config-b-personal"))
+CONFIG_B_ORG = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/config-b-org"))
+KEY = "9" * 64
+
+_SEED = (
+    "INSERT INTO organizations (id, name, slug) VALUES (%(org_a)s, 'A', 'org-a'), (%(org_b)s, 'B', 'org-b')",
+    "INSERT INTO users (id, organization_id, email, role) VALUES"
+    " (%(admin_a)s, %(org_a)s, 'admin@a.example', 'admin'),"
+    " (%(member_a)s, %(org_a)s, 'member@a.example', 'user'),"
+    " (%(admin_b)s, %(org_b)s, 'admin@b.example', 'admin')",
+    "INSERT INTO mcp_configurations (id, organization_id, user_id, name, type, endpoint, auth_type,"
+    " oauth_provider) VALUES"
+    " (%(cfg_b_personal)s, %(org_b)s, %(admin_b)s, 'secret-b', 'http', 'https://b.example', 'oauth', 'gh'),"
+    " (%(cfg_b_org)s, %(org_b)s, NULL, 'org-b', 'http', 'https://b.example', 'none', NULL)",
+    "INSERT INTO mcp_oauth_tokens (user_id, organization_id, mcp_configuration_id, oauth_provider,"
+    " access_token) VALUES (%(admin_b)s, %(org_b)s, %(cfg_b_personal)s, 'gh',"
+    " encrypt_token('B-SECRET-TOKEN', %(key)s))",
+)
+_IDS = {
+    "org_a": ORG_A,
+    "org_b": ORG_B,
+    "admin_a": ADMIN_A,
+    "member_a": MEMBER_A,
+    "admin_b": ADMIN_B,
+    "cfg_b_personal": CONFIG_B_PERSONAL,
+    "cfg_b_org": CONFIG_B_ORG,
+    "key": KEY,
+}
+
+_EVIL_FUNCTION = """
+CREATE FUNCTION pg_temp.evil(pg_catalog.uuid) RETURNS boolean LANGUAGE plpgsql AS $f$
+BEGIN
+    IF current_user = 'agentapi_owner' THEN
+        EXECUTE 'CREATE POLICY pwn ON public.mcp_oauth_tokens TO agentapi_app USING (true)';
+    END IF;
+    RETURN true;
+END $f$
+"""
+_EVIL_DOMAIN = "CREATE DOMAIN pg_temp.uuid AS pg_catalog.uuid CHECK (pg_temp.evil(VALUE))"
+_POLICY_EXISTS = "SELECT count(*) FROM pg_policies WHERE policyname = 'pwn'"
+_GRANT_TEMP = "GRANT TEMPORARY ON DATABASE {} TO agentapi_app"
+_SET_USER = "SELECT set_config('app.user_id', %s, true)"
+
+
+@pytest.fixture
+def seeded(db: TestDatabase) -> Iterator[TestDatabase]:
+    with db.connect() as conn:
+        for statement in _SEED:
+            conn.execute(statement, _IDS)
+        conn.commit()
+    yield db
+
+
+def test_app_cannot_create_temporary_objects(seeded: TestDatabase) -> None:
+    with seeded.connect(APP_LOGIN) as conn, pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("CREATE TEMP TABLE t (x int)")
+
+
+def test_pg_temp_type_shadowing_does_not_run_as_owner(seeded: TestDatabase) -> None:
+    """Even where a DBA re-grants TEMPORARY, definer helpers resolve pg_catalog.uuid."""
+    with seeded.connect() as admin:
+        admin.execute(sql.SQL(_GRANT_TEMP).format(sql.Identifier(seeded.name)))
+        admin.commit()
+    conn = psycopg.connect(seeded.url(APP_LOGIN), autocommit=True)
+    try:
+        conn.execute(_EVIL_FUNCTION)
+        conn.execute(_EVIL_DOMAIN)
+        with conn.transaction():
+            conn.execute(_SET_USER, (MEMBER_A,))
+            conn.execute("SELECT count(*) FROM public.users")
+            conn.execute("SELECT count(*) FROM public.mcp_oauth_tokens")
+    finally:
+        conn.close()
+    with seeded.connect() as admin:
+        row = admin.execute(_POLICY_EXISTS).fetchone()
+    assert row is not None
+    assert row[0] == 0, "a caller's pg_temp function ran as agentapi_owner"
+
+
+@pytest.mark.parametrize(
+    ("token_user", "config_id"),
+    [
+        pytest.param(ADMIN_B, CONFIG_B_PERSONAL, id="other-tenant-personal-config"),
+        pytest.param(ADMIN_B, CONFIG_B_ORG, id="other-tenant-org-config-not-oauth"),
+        pytest.param(ADMIN_B, str(uuid.uuid4()), id="unknown-config"),
+    ],
+)
+def test_token_insert_reveals_nothing_about_other_tenants(
+    seeded: TestDatabase, token_user: str, config_id: str
+) -> None:
+    """Every probe gets the same RLS refusal, whatever the other tenant's config is."""
+    conn: Conn = seeded.connect(APP_LOGIN)
+    with acting(conn, APP_ROLE, MEMBER_A), pytest.raises(errors.InsufficientPrivilege) as info:
+        conn.execute(
+            "INSERT INTO mcp_oauth_tokens (user_id, organization_id, mcp_configuration_id,"
+            " oauth_provider, access_token) VALUES (%s, %s, %s, 'gh', 'x')",
+            (token_user, ORG_B, config_id),
+        )
+    assert "row-level security" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO users (id, organization_id, email) VALUES (%(id)s, %(org)s, 'z@a.example')",
+        "INSERT INTO user_sessions (id, user_id, organization_id, workspace_path)"
+        " VALUES (%(id)s, %(me)s, %(org)s, '/w')",
+        "INSERT INTO mcp_configurations (id, organization_id, name, type, endpoint)"
+        " VALUES (%(id)s, %(org)s, 'n', 'http', 'https://a.example')",
+        "INSERT INTO system_prompts (id, scope, organization_id, content)"
+        " VALUES (%(id)s, 'organization', %(org)s, 'c')",
+    ],
+    ids=["users", "user_sessions", "mcp_configurations", "system_prompts"],
+)
+def test_app_cannot_choose_primary_keys(seeded: TestDatabase, statement: str) -> None:
+    """A collision with another tenant's id would reveal the id exists."""
+    conn: Conn = seeded.connect(APP_LOGIN)
+    with acting(conn, APP_ROLE, ADMIN_A), pytest.raises(errors.InsufficientPrivilege) as info:
+        conn.execute(statement, {"id": ADMIN_B, "org": ORG_A, "me": ADMIN_A})
+    assert "permission denied" in str(info.value)
+
+
+def test_admin_cannot_probe_other_tenants_slugs(seeded: TestDatabase) -> None:
+    conn: Conn = seeded.connect(APP_LOGIN)
+    with acting(conn, APP_ROLE, ADMIN_A), pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("UPDATE organizations SET slug = 'org-b' WHERE id = %s", (ORG_A,))
+    with acting(conn, APP_ROLE, ADMIN_A):
+        cur = conn.execute("UPDATE organizations SET name = 'A2' WHERE id = %s", (ORG_A,))
+        assert cur.rowcount == 1
