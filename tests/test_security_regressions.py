@@ -33,14 +33,16 @@ CONFIG_B_ORG = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/config-b-org"))
 KEY = "9" * 64
 
 _SEED = (
-    "INSERT INTO organizations (id, name, slug) VALUES (%(org_a)s, 'A', 'org-a'), (%(org_b)s, 'B', 'org-b')",
+    "INSERT INTO organizations (id, name, slug)"
+    " VALUES (%(org_a)s, 'A', 'org-a'), (%(org_b)s, 'B', 'org-b')",
     "INSERT INTO users (id, organization_id, email, role) VALUES"
     " (%(admin_a)s, %(org_a)s, 'admin@a.example', 'admin'),"
     " (%(member_a)s, %(org_a)s, 'member@a.example', 'user'),"
     " (%(admin_b)s, %(org_b)s, 'admin@b.example', 'admin')",
     "INSERT INTO mcp_configurations (id, organization_id, user_id, name, type, endpoint, auth_type,"
     " oauth_provider) VALUES"
-    " (%(cfg_b_personal)s, %(org_b)s, %(admin_b)s, 'secret-b', 'http', 'https://b.example', 'oauth', 'gh'),"
+    " (%(cfg_b_personal)s, %(org_b)s, %(admin_b)s, 'secret-b', 'http', 'https://b.example',"
+    " 'oauth', 'gh'),"
     " (%(cfg_b_org)s, %(org_b)s, NULL, 'org-b', 'http', 'https://b.example', 'none', NULL)",
     "INSERT INTO mcp_oauth_tokens (user_id, organization_id, mcp_configuration_id, oauth_provider,"
     " access_token) VALUES (%(admin_b)s, %(org_b)s, %(cfg_b_personal)s, 'gh',"
