@@ -689,6 +689,9 @@ def check_case(seeded: Seeded, case: Case, *, set_role: bool = True) -> None:
             outcome = attempt(
                 conn, insert_sql(case.table, list(case.row)), row_values(seeded, case.row)
             )
+            if outcome.allowed:  # what one may create, one may read back
+                new = [label for label in visible_labels(conn, case.table) if label[0] == "?"]
+                assert len(new) == 1, f"the new row is not readable by its creator: {new}"
         elif case.action == "update":
             assert case.target is not None
             outcome = attempt(
