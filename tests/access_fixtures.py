@@ -111,6 +111,7 @@ USERS: dict[str, tuple[str, str, str, bool]] = {
     "member_A": ("org_A", "member@a.example.com", "user", True),
     "member_A2": ("org_A", "member2@a.example.com", "user", True),
     "inactive_A": ("org_A", "inactive@a.example.com", "user", False),
+    "inactive_admin_A": ("org_A", "former-admin@a.example.com", "admin", False),
     "admin_B": ("org_B", "admin@b.example.com", "admin", True),
     "member_B": ("org_B", "member@b.example.com", "user", True),
 }
@@ -271,11 +272,12 @@ class Actor:
 
 PEOPLE = ("member_A", "admin_A", "member_B", "admin_B")
 """Actors that are active users of an organization."""
-NOBODY = ("inactive_A", "unset", "empty", "malformed", "unknown")
+NOBODY = ("inactive_A", "inactive_admin_A", "unset", "empty", "malformed", "unknown")
 """Actors that must see nothing and write nothing."""
 ACTORS: dict[str, Actor] = {
     **{name: Actor(name, str(ID[name])) for name in PEOPLE},
     "inactive_A": Actor("inactive_A", str(ID["inactive_A"])),
+    "inactive_admin_A": Actor("inactive_admin_A", str(ID["inactive_admin_A"])),
     "unset": Actor("unset", None),
     "empty": Actor("empty", ""),
     "malformed": Actor("malformed", "not-a-uuid"),

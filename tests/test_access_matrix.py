@@ -295,6 +295,12 @@ USER_CASES = [
     ),
     upd("users", "inactive_A", "inactive_A", "self_reactivate", {"is_active": True}, FILTERED),
     upd("users", "inactive_A", "inactive_A", "self_metadata", META, FILTERED),
+    upd(
+        "users", "inactive_admin_A", "inactive_admin_A", "self_reactivate",
+        {"is_active": True}, FILTERED,
+    ),
+    upd("users", "inactive_admin_A", "member_A", "member_deactivate", {"is_active": False},
+        FILTERED),
     *(upd("users", a, "member_A", "member_A_role", {"role": "admin"}, FILTERED) for a in NOBODY),
     dele("users", "admin_A", "member_A2", ALLOWED),
     dele("users", "admin_A", "inactive_A", ALLOWED),
@@ -576,6 +582,8 @@ PROMPT_CASES = [
         for a in NOBODY
     ),
     *(ins("system_prompts", a, "global_prompt", prompt_row("global"), RLS) for a in NOBODY),
+    *(ins("system_prompts", a, "org_A_prompt", prompt_row("organization", "org_A"), RLS)
+      for a in NOBODY),
     upd("system_prompts", "member_A", "pr_user_member_A", "own_user_prompt", CONTENT, ALLOWED),
     upd("system_prompts", "member_A", "pr_org_A", "org_prompt", CONTENT, FILTERED),
     upd("system_prompts", "member_A", "pr_global", "global_prompt", CONTENT, FILTERED),
@@ -606,6 +614,7 @@ PROMPT_CASES = [
         for a in NOBODY
     ),
     *(upd("system_prompts", a, "pr_global", "global_prompt", CONTENT, FILTERED) for a in NOBODY),
+    *(upd("system_prompts", a, "pr_org_A", "org_A_prompt", CONTENT, FILTERED) for a in NOBODY),
     dele("system_prompts", "member_A", "pr_user_member_A", ALLOWED, "own_user_prompt"),
     dele("system_prompts", "member_A", "pr_org_A", FILTERED, "org_prompt"),
     dele("system_prompts", "member_A", "pr_global", FILTERED, "global_prompt"),
