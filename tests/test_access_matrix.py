@@ -253,6 +253,12 @@ USER_CASES = [
         ALLOWED,
     ),
     ins("users", "admin_A", "user_in_org_B", user_row("org_B", "new@b.example.com"), RLS),
+    # Emails are unique per organization only: no oracle on another tenant's users.
+    ins("users", "admin_A", "user_with_email_used_in_org_B",
+        user_row("org_A", "MEMBER@b.example.com"), ALLOWED),
+    ins("users", "admin_A", "user_with_email_taken_in_own_org",
+        user_row("org_A", "Member@A.example.com"), Outcome(error="unique",
+        constraint="users_organization_id_email_key")),
     ins("users", "member_A", "user_in_own_org", user_row("org_A", "new@a.example.com"), RLS),
     ins("users", "admin_B", "user_in_own_org", user_row("org_B", "new@b.example.com"), ALLOWED),
     ins("users", "admin_B", "user_in_org_A", user_row("org_A", "new@a.example.com"), RLS),
@@ -390,6 +396,8 @@ CONFIG_CASES = [
     ins("mcp_configurations", "admin_A", "org_wide", config_row("org_A"), ALLOWED),
     ins("mcp_configurations", "admin_A", "own_personal", config_row("org_A", "admin_A"), ALLOWED),
     ins("mcp_configurations", "admin_A", "org_wide_in_org_B", config_row("org_B"), RLS),
+    ins("mcp_configurations", "admin_A", "org_wide_named_like_org_B_config",
+        {**config_row("org_A"), "name": "cfg_org_B"}, ALLOWED),
     ins(
         "mcp_configurations", "admin_A", "personal_of_member_A",
         config_row("org_A", "member_A"), RLS,
