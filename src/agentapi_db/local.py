@@ -34,7 +34,13 @@ import psycopg
 from psycopg import sql
 
 from agentapi_db.cluster import ClusterError, LocalCluster, default_data_dir
-from agentapi_db.migrations import MigrationState, available_migrations, migrate, read_state
+from agentapi_db.migrations import (
+    MigrationError,
+    MigrationState,
+    available_migrations,
+    migrate,
+    read_state,
+)
 
 __all__ = [
     "LOCAL_DATABASE",
@@ -110,7 +116,13 @@ def ensure_local_database(*, superuser: bool = False, data_dir: Path | None = No
         with psycopg.connect(admin_url, autocommit=True) as conn:
             if conn.execute(_SQL_DB_EXISTS, (LOCAL_DATABASE,)).fetchone() is None:
                 conn.execute(sql.SQL(_SQL_CREATE_DB).format(sql.Identifier(LOCAL_DATABASE)))
-        migrate(cluster.url(LOCAL_DATABASE))
+        try:
+            migrate(cluster.url(LOCAL_DATABASE))
+        except MigrationError as exc:
+            raise MigrationError(
+                f"{exc} (local database in {cluster.data_dir}: `agentapi-db down --purge` "
+                "deletes it, then `agentapi-db up` builds a new one)"
+            ) from exc
         _ensure_login(admin_url)
     if superuser:
         return cluster.url(LOCAL_DATABASE)
@@ -128,14 +140,18 @@ def _ensure_login(admin_url: str) -> None:
             )
 
 
-def stop_local_database(data_dir: Path | None = None) -> bool:
-    """Stop the local cluster; return whether it was running. The data is kept."""
+def stop_local_database(data_dir: Path | None = None, *, purge: bool = False) -> bool:
+    """Stop the local cluster; return whether it was running.
+
+    The data is kept, unless ``purge``: then the whole data dir is deleted.
+    """
     cluster = local_cluster(data_dir)
-    if not cluster.is_initialized():
-        return False
     with _setup_lock(cluster):
-        running = cluster.is_running()
-        cluster.stop()
+        running = cluster.is_initialized() and cluster.is_running()
+        if purge:
+            cluster.destroy()
+        elif running:
+            cluster.stop()
     return running
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from agentapi_db import local
 from agentapi_db.cli.app import (
+    ExitCode,
     JsonOption,
     app,
     console,
@@ -56,11 +57,24 @@ def up_command(
 
 @app.command("down")
 @handles_errors
-def down_command(json_output: JsonOption = False) -> None:
-    """Stop the local cluster. The data stays; `agentapi-db up` starts it again."""
-    was_running = local.stop_local_database()
+def down_command(
+    purge: Annotated[
+        bool,
+        typer.Option("--purge", help="Also delete the data dir (every row, the demo key)."),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before --purge.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Stop the local cluster. The data stays (unless --purge); `up` starts it again."""
+    if purge and not yes:
+        target = local.local_cluster().data_dir
+        if not typer.confirm(f"delete the local database in {target}?", err=True):
+            raise typer.Exit(int(ExitCode.FAILURE))
+    was_running = local.stop_local_database(purge=purge)
     if json_output:
-        print_json({"stopped": was_running})
+        print_json({"stopped": was_running, "purged": purge})
+    elif purge:
+        console.print("[green]✓[/] local database stopped and deleted")
     elif was_running:
         console.print("[green]✓[/] local database stopped (data kept)")
     else:
