@@ -863,6 +863,33 @@ COMMENT ON FUNCTION public.encrypt_token(text, text) IS
 COMMENT ON FUNCTION public.decrypt_token(text, text) IS
     'Inverse of encrypt_token. NULL in, NULL out. A wrong key or corrupt input raises an error; it never returns a silent NULL.';
 
+-- During a key rotation a ciphertext may still be under the old key: try `key`,
+-- and on "Wrong key or corrupt data" (39000) `old_key`. The library calls it only
+-- while an old key is configured (the EXCEPTION block costs a subtransaction).
+CREATE FUNCTION public.decrypt_token_any(encrypted_token text, key text, old_key text)
+RETURNS text
+LANGUAGE plpgsql
+IMMUTABLE
+AS $$
+BEGIN
+    IF encrypted_token IS NULL THEN
+        RETURN NULL;
+    END IF;
+    BEGIN
+        RETURN public.decrypt_token(encrypted_token, key);
+    EXCEPTION WHEN external_routine_invocation_exception THEN
+        IF old_key IS NULL THEN
+            RAISE;
+        END IF;
+    END;
+    RETURN public.decrypt_token(encrypted_token, old_key);
+END
+$$;
+
+COMMENT ON FUNCTION public.decrypt_token_any(text, text, text) IS
+    'decrypt_token with key, falling back to old_key on a wrong key (39000); for reads during a key rotation. NULL in, NULL out; raises if neither key decrypts.';
+GRANT EXECUTE ON FUNCTION public.decrypt_token_any(text, text, text) TO agentapi_app, agentapi_service;
+
 -- Appends one audit event. SECURITY INVOKER: under agentapi_app the insert
 -- policy only accepts the acting user and their organization.
 CREATE FUNCTION public.log_audit_event(

@@ -1,0 +1,475 @@
+"""Database / AsyncDatabase: pooled connections and tenant context per transaction.
+
+::
+
+    db = Database(url, key=EncryptionKey.parse(text))
+    with db.as_user(user_id) as tx:          # SET LOCAL ROLE agentapi_app + app.user_id
+        tx.sessions.create(workspace_path="/w", ttl=timedelta(hours=8))
+    with db.as_service() as tx:              # SET LOCAL ROLE agentapi_service
+        org, admin = tx.organizations.provision(name="Acme", slug="acme",
+                                                admin_email="a@acme.test")
+
+    adb = AsyncDatabase(url, key=...)
+    async with adb.as_user(user_id) as tx:
+        await tx.sessions.create(workspace_path="/w")
+
+Each ``with`` block is ONE transaction on one pooled connection. The role and
+``app.user_id`` are set with ``set_config(..., true)`` (i.e. ``SET LOCAL``), so they
+end with the transaction: nothing session-level is ever set, the connection goes
+back to the pool clean, and the pool is safe behind PgBouncer in transaction
+pooling mode. ``prepare_threshold`` defaults to None (no server-side prepared
+statements), which PgBouncer < 1.21 needs; pass an int on a direct connection.
+
+Work outside a context (:meth:`Database.transaction`) runs as the login role
+itself, with no ``app.user_id``: row-level security shows it nothing.
+
+Errors: every statement's error is translated (:func:`agentapi_db.errors.from_psycopg`)
+and marks the transaction failed. A failed transaction is rolled back when the
+block ends, whether or not the exception escaped it: a failed call never leaves
+anything half-written. Later calls in the same block raise at once.
+
+The executors (:meth:`Transaction.run`, :meth:`AsyncTransaction.run`) drive the
+operation generators of :mod:`agentapi_db.ops`; see :mod:`agentapi_db.ops._core`
+for why operations are generators.
+
+Logging: logger ``agentapi_db``; statements are logged at DEBUG by name only,
+never with parameters (they may carry keys or tokens).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    contextmanager,
+)
+from typing import Any, LiteralString, TypeVar
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+
+from agentapi_db import queries as Q
+from agentapi_db.config import Settings
+from agentapi_db.errors import (
+    AgentApiDbError,
+    ConfigurationError,
+    InvalidInput,
+    from_psycopg,
+)
+from agentapi_db.keys import EncryptionKey
+from agentapi_db.ops import _bind as repos
+from agentapi_db.ops._core import OpContext, Query
+
+__all__ = [
+    "AsyncDatabase",
+    "AsyncTransaction",
+    "Database",
+    "Transaction",
+    "connect",
+    "connect_async",
+]
+
+log = logging.getLogger("agentapi_db")
+
+T = TypeVar("T")
+_FAILED = "the transaction already failed and will be rolled back; start a new one"
+
+
+def _user_uuid(user_id: UUID | str) -> UUID:
+    if isinstance(user_id, UUID):
+        return user_id
+    try:
+        return UUID(str(user_id))
+    except ValueError:
+        raise InvalidInput("user_id must be a UUID", rule="user_id") from None
+
+
+def _result_of(stop: StopIteration) -> Any:
+    return stop.value
+
+
+class _TxState:
+    """What the two transaction classes share: context, failure flag, logging."""
+
+    __slots__ = ("_context", "failed")
+
+    def __init__(self, context: OpContext) -> None:
+        self._context = context
+        self.failed = False
+
+    @property
+    def context(self) -> OpContext:
+        """Who acts in this transaction (mode, user id) and the keys."""
+        return self._context
+
+    def _begin(self, query: Query) -> None:
+        if self.failed:
+            raise AgentApiDbError(_FAILED)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("agentapi_db: %s (%s)", query.name, self._context.mode)
+
+    def _failure(self, exc: psycopg.Error) -> AgentApiDbError:
+        self.failed = True
+        mapped = from_psycopg(exc)
+        log.debug("agentapi_db: statement failed: %s", type(mapped).__name__)
+        return mapped
+
+
+class Transaction(_TxState):
+    """One transaction in a tenant context; the repositories run their operations here."""
+
+    __slots__ = (
+        "audit",
+        "connection",
+        "mcp",
+        "organizations",
+        "prompts",
+        "sessions",
+        "tokens",
+        "users",
+    )
+
+    def __init__(self, connection: psycopg.Connection[Any], context: OpContext) -> None:
+        super().__init__(context)
+        self.connection = connection
+        """The psycopg connection, for statements of your own (never a session-level SET)."""
+        self.organizations = repos.Organizations(self)
+        self.users = repos.Users(self)
+        self.sessions = repos.Sessions(self)
+        self.mcp = repos.McpConfigurations(self)
+        self.tokens = repos.OAuthTokens(self)
+        self.prompts = repos.Prompts(self)
+        self.audit = repos.Audit(self)
+
+    def execute(self, query: Query) -> Any:
+        """Run one :class:`Query` and return its result (the sync executor's step)."""
+        self._begin(query)
+        try:
+            with self.connection.cursor(row_factory=dict_row) as cur:
+                cur.execute(query.sql, query.params)
+                if query.fetch == "one":
+                    return cur.fetchone()
+                if query.fetch == "all":
+                    return cur.fetchall()
+                if query.fetch == "rowcount":
+                    return cur.rowcount
+                return None
+        except psycopg.Error as exc:
+            raise self._failure(exc) from exc
+
+    def run(self, op: Generator[Query, Any, T]) -> T:
+        """Drive an operation: send it each query's result until it returns."""
+        wrote = False
+        result: Any = None
+        try:
+            while True:
+                query = op.send(result)
+                wrote = wrote or query.writes
+                result = self.execute(query)
+        except StopIteration as stop:
+            value: T = _result_of(stop)
+            return value
+        except BaseException:
+            if wrote:
+                self.failed = True
+            raise
+        finally:
+            op.close()
+
+
+class AsyncTransaction(_TxState):
+    """The asyncio twin of :class:`Transaction` (same repositories, awaitable methods)."""
+
+    __slots__ = (
+        "audit",
+        "connection",
+        "mcp",
+        "organizations",
+        "prompts",
+        "sessions",
+        "tokens",
+        "users",
+    )
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any], context: OpContext) -> None:
+        super().__init__(context)
+        self.connection = connection
+        self.organizations = repos.AsyncOrganizations(self)
+        self.users = repos.AsyncUsers(self)
+        self.sessions = repos.AsyncSessions(self)
+        self.mcp = repos.AsyncMcpConfigurations(self)
+        self.tokens = repos.AsyncOAuthTokens(self)
+        self.prompts = repos.AsyncPrompts(self)
+        self.audit = repos.AsyncAudit(self)
+
+    async def execute(self, query: Query) -> Any:
+        """Run one :class:`Query` and return its result (the async executor's step)."""
+        self._begin(query)
+        try:
+            async with self.connection.cursor(row_factory=dict_row) as cur:
+                await cur.execute(query.sql, query.params)
+                if query.fetch == "one":
+                    return await cur.fetchone()
+                if query.fetch == "all":
+                    return await cur.fetchall()
+                if query.fetch == "rowcount":
+                    return cur.rowcount
+                return None
+        except psycopg.Error as exc:
+            raise self._failure(exc) from exc
+
+    async def run(self, op: Generator[Query, Any, T]) -> T:
+        """Drive an operation: send it each query's result until it returns."""
+        wrote = False
+        result: Any = None
+        try:
+            while True:
+                query = op.send(result)
+                wrote = wrote or query.writes
+                result = await self.execute(query)
+        except StopIteration as stop:
+            value: T = _result_of(stop)
+            return value
+        except BaseException:
+            if wrote:
+                self.failed = True
+            raise
+        finally:
+            op.close()
+
+
+def _pool_kwargs(prepare_threshold: int | None, application_name: str) -> dict[str, Any]:
+    return {
+        "autocommit": False,
+        "prepare_threshold": prepare_threshold,
+        "application_name": application_name,
+    }
+
+
+def _context_query(mode: str, user_id: UUID | None) -> tuple[LiteralString | None, dict[str, Any]]:
+    if mode == "user":
+        return Q.CONTEXT_AS_USER, {"user_id": str(user_id)}
+    if mode == "service":
+        return Q.CONTEXT_AS_SERVICE, {}
+    return None, {}
+
+
+class _DatabaseBase:
+    def __init__(self, key: EncryptionKey | None, old_key: EncryptionKey | None) -> None:
+        if old_key is not None and key is None:
+            raise ConfigurationError("old_key needs key: rotation decrypts with either")
+        self.key = key
+        self.old_key = old_key
+
+    def _context(self, mode: str, user_id: UUID | None = None) -> OpContext:
+        if mode == "user":
+            return OpContext("user", user_id, self.key, self.old_key)
+        if mode == "service":
+            return OpContext("service", None, self.key, self.old_key)
+        return OpContext("none", None, self.key, self.old_key)
+
+
+class Database(_DatabaseBase):
+    """A pool of connections (psycopg_pool.ConnectionPool) with tenant-scoped transactions."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: EncryptionKey | None = None,
+        old_key: EncryptionKey | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+        prepare_threshold: int | None = None,
+        application_name: str = "agentapi-db",
+    ) -> None:
+        super().__init__(key, old_key)
+        self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            kwargs=_pool_kwargs(prepare_threshold, application_name),
+            name="agentapi_db",
+            open=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **pool_options: Any) -> Database:
+        if settings.database_url is None:
+            raise ConfigurationError("no database URL configured (AGENTAPI_DATABASE_URL)")
+        return cls(
+            settings.database_url,
+            key=settings.encryption_key,
+            old_key=settings.old_encryption_key,
+            **pool_options,
+        )
+
+    @contextmanager
+    def _tx(self, context: OpContext) -> Iterator[Transaction]:
+        setup, params = _context_query(context.mode, context.user_id)
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                tx = Transaction(conn, context)
+                if setup is not None:
+                    tx.execute(Query("context", setup, params, "none"))
+                yield tx
+                if tx.failed:
+                    raise psycopg.Rollback()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise from_psycopg(exc) from exc
+
+    def as_user(self, user_id: UUID | str) -> AbstractContextManager[Transaction]:
+        """A transaction acting as ``user_id`` (role agentapi_app, RLS applies)."""
+        return self._tx(self._context("user", _user_uuid(user_id)))
+
+    def as_service(self) -> AbstractContextManager[Transaction]:
+        """A transaction as agentapi_service (provisioning and maintenance; bypasses RLS)."""
+        return self._tx(self._context("service"))
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction with no context: as the login role, no app.user_id (sees nothing)."""
+        return self._tx(self._context("none"))
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncDatabase(_DatabaseBase):
+    """The asyncio twin of :class:`Database` (psycopg_pool.AsyncConnectionPool).
+
+    The pool opens on first use (or ``await adb.open()`` / ``async with adb``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key: EncryptionKey | None = None,
+        old_key: EncryptionKey | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 30.0,
+        prepare_threshold: int | None = None,
+        application_name: str = "agentapi-db",
+    ) -> None:
+        super().__init__(key, old_key)
+        self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            kwargs=_pool_kwargs(prepare_threshold, application_name),
+            name="agentapi_db_async",
+            open=False,
+        )
+        self._opened = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **pool_options: Any) -> AsyncDatabase:
+        if settings.database_url is None:
+            raise ConfigurationError("no database URL configured (AGENTAPI_DATABASE_URL)")
+        return cls(
+            settings.database_url,
+            key=settings.encryption_key,
+            old_key=settings.old_encryption_key,
+            **pool_options,
+        )
+
+    async def open(self) -> None:
+        if not self._opened:
+            await self.pool.open()
+            self._opened = True
+
+    @asynccontextmanager
+    async def _tx(self, context: OpContext) -> AsyncIterator[AsyncTransaction]:
+        setup, params = _context_query(context.mode, context.user_id)
+        try:
+            await self.open()
+            async with self.pool.connection() as conn, conn.transaction():
+                tx = AsyncTransaction(conn, context)
+                if setup is not None:
+                    await tx.execute(Query("context", setup, params, "none"))
+                yield tx
+                if tx.failed:
+                    raise psycopg.Rollback()
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise from_psycopg(exc) from exc
+
+    def as_user(self, user_id: UUID | str) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """A transaction acting as ``user_id`` (role agentapi_app, RLS applies)."""
+        return self._tx(self._context("user", _user_uuid(user_id)))
+
+    def as_service(self) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """A transaction as agentapi_service (provisioning and maintenance; bypasses RLS)."""
+        return self._tx(self._context("service"))
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """A transaction with no context: as the login role, no app.user_id (sees nothing)."""
+        return self._tx(self._context("none"))
+
+    async def close(self) -> None:
+        await self.pool.close()
+        self._opened = False
+
+    async def __aenter__(self) -> AsyncDatabase:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _local_database_url() -> str:
+    """The URL of the local cluster (started if needed), via agentapi_db.local."""
+    try:
+        local = importlib.import_module("agentapi_db.local")
+    except ImportError:
+        raise ConfigurationError(
+            "no database URL configured: set AGENTAPI_DATABASE_URL (or DATABASE_URL); "
+            "the local database support (agentapi_db.local) is not available"
+        ) from None
+    ensure = getattr(local, "ensure_local_database", None)
+    if ensure is None:
+        raise ConfigurationError("agentapi_db.local has no ensure_local_database()")
+    url = ensure()
+    if not isinstance(url, str):
+        raise ConfigurationError("ensure_local_database() did not return a URL")
+    return url
+
+
+def _resolve(settings: Settings | None) -> Settings:
+    resolved = settings if settings is not None else Settings.from_env()
+    if resolved.database_url is None:
+        resolved = Settings(
+            database_url=_local_database_url(),
+            encryption_key=resolved.encryption_key,
+            old_encryption_key=resolved.old_encryption_key,
+        )
+    return resolved
+
+
+def connect(settings: Settings | None = None, **pool_options: Any) -> Database:
+    """A :class:`Database` from ``settings`` (default: the environment).
+
+    With no URL configured, starts or reuses the local cluster.
+    """
+    return Database.from_settings(_resolve(settings), **pool_options)
+
+
+def connect_async(settings: Settings | None = None, **pool_options: Any) -> AsyncDatabase:
+    """An :class:`AsyncDatabase` from ``settings`` (default: the environment)."""
+    return AsyncDatabase.from_settings(_resolve(settings), **pool_options)

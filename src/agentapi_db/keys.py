@@ -1,0 +1,119 @@
+"""The token encryption key.
+
+A key carries at least 256 random bits. It is written as 64 hex digits, or as
+base64 / base64url (padded or not) of 32 or more bytes. :meth:`EncryptionKey.parse`
+refuses anything else with a :class:`~agentapi_db.errors.ConfigurationError` whose
+message never contains the text it was given.
+
+The key reaches PostgreSQL only as a bind parameter: :attr:`EncryptionKey.sql_value`
+is its canonical text form (lowercase hex of the key bytes, so 64 characters for a
+32-byte key, above the 32-character minimum of ``encrypt_token``). A key written
+in hex and the same bytes written in base64 are the same key.
+
+``repr()`` and ``str()`` show only a short fingerprint (the first 8 hex digits of
+SHA-256 over the key bytes), enough to tell two keys apart in logs and nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+
+from agentapi_db.errors import ConfigurationError
+
+__all__ = ["MIN_KEY_BYTES", "EncryptionKey"]
+
+MIN_KEY_BYTES = 32
+_HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
+_B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+
+
+class EncryptionKey:
+    """A 256-bit (or longer) secret for ``encrypt_token`` / ``decrypt_token``."""
+
+    __slots__ = ("_bytes",)
+
+    def __init__(self, raw: bytes) -> None:
+        if not isinstance(raw, bytes | bytearray):
+            raise ConfigurationError("an encryption key is built from bytes")
+        if len(raw) < MIN_KEY_BYTES:
+            raise ConfigurationError(
+                f"encryption key too short: it needs at least {MIN_KEY_BYTES} bytes "
+                "(256 bits); generate one with `agentapi-db keygen`"
+            )
+        self._bytes = bytes(raw)
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "encryption key") -> EncryptionKey:
+        """Parse 64 hex digits or base64/base64url of >= 32 bytes.
+
+        ``source`` names where the text came from (an environment variable, a
+        file) in the error message; the text itself is never echoed.
+        """
+        if not isinstance(text, str):
+            raise ConfigurationError(f"{source}: expected text")
+        value = text.strip()
+        if not value:
+            raise ConfigurationError(f"{source} is empty; generate one with `agentapi-db keygen`")
+        if _HEX64.fullmatch(value):
+            return cls(bytes.fromhex(value))
+        if not _B64.fullmatch(value):
+            raise ConfigurationError(
+                f"{source} is malformed: write it as 64 hex digits or as base64/base64url "
+                f"of at least {MIN_KEY_BYTES} bytes (`agentapi-db keygen` prints one)"
+            )
+        unpadded = value.rstrip("=")
+        padded = unpadded + "=" * (-len(unpadded) % 4)
+        try:
+            raw = base64.b64decode(
+                padded.replace("-", "+").replace("_", "/"), validate=True
+            )
+        except (binascii.Error, ValueError):
+            raise ConfigurationError(
+                f"{source} is malformed: not valid hex or base64"
+            ) from None
+        if len(raw) < MIN_KEY_BYTES:
+            raise ConfigurationError(
+                f"{source} is too short: {len(raw)} bytes; at least {MIN_KEY_BYTES} bytes "
+                "(256 bits) are needed; generate one with `agentapi-db keygen`"
+            )
+        return cls(raw)
+
+    @classmethod
+    def generate(cls) -> EncryptionKey:
+        """A new random 256-bit key (``secrets.token_bytes(32)``)."""
+        return cls(secrets.token_bytes(MIN_KEY_BYTES))
+
+    @property
+    def sql_value(self) -> str:
+        """The canonical text form passed to ``encrypt_token``/``decrypt_token`` (bind it!)."""
+        return self._bytes.hex()
+
+    def reveal(self) -> str:
+        """The canonical text form (64 hex digits for a 32-byte key), e.g. for ``keygen``."""
+        return self._bytes.hex()
+
+    @property
+    def fingerprint(self) -> str:
+        """First 8 hex digits of SHA-256 of the key bytes: identifies a key, reveals nothing."""
+        return hashlib.sha256(self._bytes).hexdigest()[:8]
+
+    def __repr__(self) -> str:
+        return f"EncryptionKey(<redacted>, fingerprint={self.fingerprint})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EncryptionKey):
+            return NotImplemented
+        return hmac.compare_digest(self._bytes, other._bytes)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError("EncryptionKey cannot be pickled")
