@@ -72,7 +72,7 @@ def _description(name: str, text: str) -> str:
         stripped = line.strip()
         if not stripped.startswith("--"):
             break
-        header.append(stripped[2:].strip())
+        header.append(stripped[2:].strip().removeprefix("* "))
     paragraphs: list[str] = []
     current: list[str] = []
     for line in header:
