@@ -473,7 +473,8 @@ def test_ensure_partitions_creates_months_and_is_idempotent(db: TestDatabase) ->
         created = _scalar(conn, _ENSURE, (6, 2))
         after = _partitions(conn)
         assert sorted(set(before) | set(_expected(conn, 6, 2))) == after
-        assert created == len(after) - len(before) == 4
+        wanted = set(_expected(conn, 6, 2))
+        assert created == len(wanted - set(before)) == len(after) - len(before) > 0
         assert _scalar(conn, _ENSURE, (6, 2)) == 0
         assert _partitions(conn) == after
         conn.commit()
