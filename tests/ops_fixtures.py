@@ -68,6 +68,20 @@ SELECT count(*) FILTER (WHERE a AND NOT b), count(*) FILTER (WHERE b AND NOT a),
                 UNION ALL SELECT refresh_token FROM mcp_oauth_tokens
                  WHERE refresh_token IS NOT NULL) AS s (v)) AS k
 """
+_AS_APP_USER = (
+    "SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', %s, true)"
+)
+_APP_EVENT = (
+    "SELECT log_audit_event(agentapi_auth.user_id(), agentapi_auth.organization_id(),"
+    " 'test.event', 'test', %s, jsonb_build_object('n', %s::int), '192.0.2.1', 'pytest')"
+)
+_AS_SERVICE = "SET LOCAL ROLE agentapi_service"
+_SERVICE_EVENTS = """
+INSERT INTO audit_logs ("timestamp", user_id, organization_id, action, resource_type, details)
+SELECT now() - %(age)s::interval, %(user)s, %(org)s, 'service.event', 'test',
+       jsonb_build_object('n', g)
+  FROM generate_series(1, %(n)s) AS g
+"""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,29 @@ def seed_encrypted(
             _TOKENS, {"org": tenant.org_id, "user": tenant.member_id, "key": key.sql_value}
         )
     return bearer + oauth + oauth - oauth // 10
+
+
+def app_events(db: TestDatabase, user_id: uuid.UUID, n: int, login: str = "app_login") -> None:
+    """``n`` audit events logged by ``user_id`` through the application role, committed."""
+    with db.connect(login) as conn:
+        for i in range(n):
+            conn.execute(_AS_APP_USER, (str(user_id),))
+            conn.execute(_APP_EVENT, (f"r{i}", i))
+            conn.commit()
+
+
+def service_events(
+    db: TestDatabase, tenant: Tenant, n: int, *, age: str = "0 seconds",
+    login: str = "service_login",
+) -> None:
+    """``n`` events of ``tenant`` inserted as agentapi_service, ``age`` in the past, committed."""
+    with db.connect(login) as conn:
+        conn.execute(_AS_SERVICE)
+        conn.execute(
+            _SERVICE_EVENTS,
+            {"age": age, "user": tenant.member_id, "org": tenant.org_id, "n": n},
+        )
+        conn.commit()
 
 
 def plaintext_mismatches(db: TestDatabase, key: EncryptionKey) -> tuple[int, list[str]]:

@@ -22,6 +22,7 @@ __all__ = ["Conn", "connect", "service_transaction"]
 Conn = psycopg.Connection[TupleRow]
 
 _SQL_AS_SERVICE: Final[LiteralString] = "SELECT set_config('role', 'agentapi_service', true)"
+_SQL_SNAPSHOT: Final[LiteralString] = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 
 def connect(url: str, *, application_name: str = "agentapi-db-ops") -> Conn:
@@ -36,8 +37,14 @@ def connect(url: str, *, application_name: str = "agentapi-db-ops") -> Conn:
 
 
 @contextmanager
-def service_transaction(conn: Conn) -> Iterator[Conn]:
-    """One transaction acting as ``agentapi_service``; committed on success, else rolled back."""
+def service_transaction(conn: Conn, *, snapshot: bool = False) -> Iterator[Conn]:
+    """One transaction acting as ``agentapi_service``; committed on success, else rolled back.
+
+    ``snapshot``: a read-only REPEATABLE READ transaction, so several statements
+    see one consistent state of the database.
+    """
     with conn.transaction():
+        if snapshot:
+            conn.execute(_SQL_SNAPSHOT)
         conn.execute(_SQL_AS_SERVICE)
         yield conn

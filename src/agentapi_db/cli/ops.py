@@ -8,18 +8,21 @@ their ``_FILE`` twins), never from the command line.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentapi_db import opsdb, rotation
+from agentapi_db import chain, opsdb, retention, rotation
 from agentapi_db.cli.app import (
     DatabaseUrlOption,
     ExitCode,
     JsonOption,
     app,
+    audit_app,
     console,
     err_console,
     handles_errors,
@@ -146,3 +149,179 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
         console.print(line)
     if not report.checked_old_key:
         console.print("[yellow]no old key configured: only the new key was checked[/]")
+
+
+# --------------------------------------------------------------------------- audit
+
+
+@audit_app.command("partitions")
+@handles_errors
+def audit_partitions_command(
+    database_url: DatabaseUrlOption = None,
+    ahead: Annotated[
+        int, typer.Option("--ahead", min=0, max=120, help="Months ahead to create.")
+    ] = 3,
+    back: Annotated[int, typer.Option("--back", min=0, max=240, help="Months back to create.")] = 0,
+    json_output: JsonOption = False,
+) -> None:
+    """Create the missing monthly audit partitions (default: 3 months ahead) and list them."""
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        created = retention.ensure_partitions(conn, ahead, back)
+        parts = retention.list_partitions(conn)
+    if json_output:
+        print_json(
+            {
+                "created": created,
+                "partitions": [
+                    {
+                        "name": p.name,
+                        "bounds": p.bounds,
+                        "estimated_rows": p.estimated_rows,
+                        "total_bytes": p.total_bytes,
+                    }
+                    for p in parts
+                ],
+            }
+        )
+        return
+    for p in parts:
+        console.print(f"{p.name:<22} {escape(p.bounds)}  ~{p.estimated_rows} rows")
+    console.print(f"[green]✓[/] {created} partition(s) created, {len(parts)} in all")
+
+
+@audit_app.command("retention")
+@handles_errors
+def audit_retention_command(
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep",
+            min=1,
+            max=1200,
+            help="Months to keep before the current one; older partitions are dropped.",
+        ),
+    ],
+    export_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-dir",
+            help="Export each partition first, as <dir>/<partition>.jsonl.gz (JSON Lines, gzip).",
+            file_okay=False,
+        ),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Drop whole audit partitions older than --keep months (never DELETEs rows).
+
+    Each dropped partition is recorded as an audit event. With --export-dir, a
+    partition is dropped only after its export is complete on disk.
+    """
+
+    def say(item: retention.RetiredPartition) -> None:
+        if not json_output:
+            where = f" (exported to {item.exported_to})" if item.exported_to else ""
+            console.print(f"dropped {item.name}: {item.events} events{escape(where)}")
+
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        dropped = retention.run_retention(conn, keep, export_dir=export_dir, on_partition=say)
+    if json_output:
+        print_json(
+            {
+                "keep_months": keep,
+                "dropped": [
+                    {
+                        "partition": d.name,
+                        "from": d.range_start.isoformat(),
+                        "to": d.range_end.isoformat(),
+                        "events": d.events,
+                        "exported_to": str(d.exported_to) if d.exported_to else None,
+                    }
+                    for d in dropped
+                ],
+            }
+        )
+        return
+    console.print(f"[green]✓[/] {len(dropped)} partition(s) dropped, keeping {keep} months")
+
+
+OrgOption = Annotated[str, typer.Option("--org", help="Organization slug.")]
+
+
+@audit_app.command("enable-chain")
+@handles_errors
+def audit_enable_chain_command(org: OrgOption, database_url: DatabaseUrlOption = None) -> None:
+    """Enrol an organization in the tamper-evident audit hash chain (cannot be undone)."""
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        org_id = chain.organization_id_for_slug(conn, org)
+        created = chain.enable_chain(conn, org_id)
+    state = "enrolled" if created else "was already enrolled"
+    console.print(f"[green]✓[/] {escape(org)} {state} in the audit hash chain")
+
+
+@audit_app.command("verify-chain")
+@handles_errors
+def audit_verify_chain_command(
+    org: Annotated[
+        str | None, typer.Option("--org", help="Organization slug (default: every enrolled one).")
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Recompute the audit hash chain and report the first broken link (exit 1 if any)."""
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        targets: list[tuple[UUID, str | None]]
+        if org is not None:
+            targets = [(chain.organization_id_for_slug(conn, org), org)]
+        else:
+            targets = chain.enrolled_organizations(conn)
+        reports = [chain.verify_chain(conn, org_id, slug) for org_id, slug in targets]
+    if json_output:
+        print_json(
+            {
+                "ok": all(r.ok for r in reports),
+                "organizations": [
+                    {
+                        "organization_id": str(r.organization_id),
+                        "slug": r.slug,
+                        "ok": r.ok,
+                        "events_checked": r.events_checked,
+                        "skipped_before_base": r.skipped_before_base,
+                        "base_seq": r.base_seq,
+                        "last_seq": r.last_seq,
+                        "broken": None
+                        if r.broken is None
+                        else {
+                            "kind": r.broken.kind,
+                            "chain_seq": r.broken.chain_seq,
+                            "event_id": str(r.broken.event_id) if r.broken.event_id else None,
+                            "timestamp": r.broken.timestamp.isoformat()
+                            if r.broken.timestamp
+                            else None,
+                            "detail": r.broken.detail,
+                        },
+                    }
+                    for r in reports
+                ],
+            }
+        )
+    else:
+        if not reports:
+            console.print("no organization is enrolled in the audit hash chain")
+        for r in reports:
+            name = escape(r.slug or str(r.organization_id))
+            if r.broken is None:
+                console.print(
+                    f"[green]✓[/] {name}: {r.events_checked} events intact "
+                    f"(positions {r.base_seq + 1}..{r.last_seq})"
+                )
+            else:
+                b = r.broken
+                event = f" event {b.event_id}" if b.event_id else ""
+                when = f" at {b.timestamp.isoformat()}" if b.timestamp else ""
+                console.print(
+                    f"[red]✗[/] {name}: first broken link at chain position {b.chain_seq}"
+                    f"{event}{when}: {escape(b.detail)} ({b.kind})"
+                )
+    if not all(r.ok for r in reports):
+        raise typer.Exit(int(ExitCode.FAILURE))
