@@ -6,13 +6,8 @@ under test then acts through a real login (``service_login``, ``app_login``).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from agentapi_db.keys import EncryptionKey
 from tests.pg import SUPERUSER, TestDatabase
@@ -153,26 +148,3 @@ def key_states(db: TestDatabase, new: EncryptionKey, old: EncryptionKey) -> tupl
         row = conn.execute(_KEY_STATES, {"new": new.sql_value, "old": old.sql_value}).fetchone()
     assert row is not None
     return tuple(int(v) for v in row)
-
-
-def run_cli(
-    args: Sequence[str],
-    env: Mapping[str, str] | None = None,
-    *,
-    timeout: float = 300,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m agentapi_db.cli ARGS`` (the real entry point) with a clean env."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AGENTAPI_"))}
-    base["NO_COLOR"] = "1"
-    base["COLUMNS"] = "200"
-    base.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "agentapi_db.cli", *args],
-        capture_output=True,
-        text=True,
-        env=base,
-        timeout=timeout,
-        check=False,
-        cwd=cwd,
-    )

@@ -11,7 +11,8 @@ import pytest
 
 from agentapi_db import opsdb
 from agentapi_db.chain import ChainReport, enable_chain, verify_chain
-from tests.ops_fixtures import Tenant, app_events, run_cli, seed_tenant, service_events
+from tests.cli_fixtures import run_cli
+from tests.ops_fixtures import Tenant, app_events, seed_tenant, service_events
 from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
 # Tampering happens as the superuser with triggers off (session_replication_role =
@@ -157,17 +158,17 @@ def test_concurrent_writers_keep_one_contiguous_chain(db: TestDatabase) -> None:
 def test_cli_enable_and_verify_chain(db: TestDatabase) -> None:
     tenant = seed_tenant(db, "clichain")
     env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)}
-    out = run_cli(["audit", "enable-chain", "--org", "clichain"], env)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_cli("audit", "enable-chain", "--org", "clichain", env=env)
+    assert out.code == 0, out.stdout + out.stderr
     service_events(db, tenant, 12)
-    out = run_cli(["audit", "verify-chain", "--org", "clichain"], env)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_cli("audit", "verify-chain", "--org", "clichain", env=env)
+    assert out.code == 0, out.stdout + out.stderr
     event_id = _tamper(db, _TAMPER_DETAILS, tenant.org_id, 9)
-    out = run_cli(["audit", "verify-chain", "--json"], env)
-    assert out.returncode == 1, out.stdout + out.stderr
+    out = run_cli("audit", "verify-chain", "--json", env=env)
+    assert out.code == 1, out.stdout + out.stderr
     assert '"chain_seq": 9' in out.stdout and str(event_id) in out.stdout
-    out = run_cli(["audit", "verify-chain", "--org", "clichain"], env)
-    assert out.returncode == 1
+    out = run_cli("audit", "verify-chain", "--org", "clichain", env=env)
+    assert out.code == 1
     assert "9" in out.stdout and str(event_id) in out.stdout
-    missing = run_cli(["audit", "verify-chain", "--org", "nope"], env)
-    assert missing.returncode == 2, missing.stdout + missing.stderr
+    missing = run_cli("audit", "verify-chain", "--org", "nope", env=env)
+    assert missing.code == 2, missing.stdout + missing.stderr

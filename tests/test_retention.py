@@ -12,7 +12,8 @@ import pytest
 from agentapi_db import opsdb
 from agentapi_db.chain import enable_chain, organization_id_for_slug, verify_chain
 from agentapi_db.retention import export_path, list_partitions, run_retention
-from tests.ops_fixtures import run_cli, seed_tenant, service_events
+from tests.cli_fixtures import run_cli
+from tests.ops_fixtures import seed_tenant, service_events
 from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
 _ENSURE_BACK = "SELECT audit_ensure_partitions(0, 30)"
@@ -128,8 +129,8 @@ def test_retention_is_for_the_service_only(db: TestDatabase) -> None:
 
 
 def test_keep_must_be_positive(db: TestDatabase) -> None:
-    out = run_cli(["audit", "retention", "--keep", "0"], {"AGENTAPI_DATABASE_URL": db.url()})
-    assert out.returncode == 2
+    out = run_cli("audit", "retention", "--keep", "0", env={"AGENTAPI_DATABASE_URL": db.url()})
+    assert out.code == 2
     with db.connect(SERVICE_LOGIN) as conn:
         conn.execute(_AS_SERVICE)
         with pytest.raises(psycopg.errors.InvalidParameterValue):
@@ -138,16 +139,16 @@ def test_keep_must_be_positive(db: TestDatabase) -> None:
 
 def test_cli_partitions_and_retention(db: TestDatabase, tmp_path: Path) -> None:
     env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)}
-    out = run_cli(["audit", "partitions", "--ahead", "6", "--back", "14", "--json"], env)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_cli("audit", "partitions", "--ahead", "6", "--back", "14", "--json", env=env)
+    assert out.code == 0, out.stdout + out.stderr
     data = json.loads(out.stdout)
     assert data["created"] > 0
     names = {p["name"] for p in data["partitions"]}
     assert _month_name(db, 14) in names and _month_name(db, -6) in names
-    again = run_cli(["audit", "partitions", "--ahead", "6", "--back", "14", "--json"], env)
+    again = run_cli("audit", "partitions", "--ahead", "6", "--back", "14", "--json", env=env)
     assert json.loads(again.stdout)["created"] == 0
-    out = run_cli(["audit", "retention", "--keep", "12", "--export-dir", str(tmp_path)], env)
-    assert out.returncode == 0, out.stdout + out.stderr
+    out = run_cli("audit", "retention", "--keep", "12", "--export-dir", str(tmp_path), env=env)
+    assert out.code == 0, out.stdout + out.stderr
     assert "2 partition(s) dropped" in out.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{_month_name(db, m)}.jsonl.gz" for m in (13, 14)

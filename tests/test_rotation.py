@@ -15,10 +15,10 @@ from agentapi_db import opsdb
 from agentapi_db.errors import ConfigurationError
 from agentapi_db.keys import EncryptionKey
 from agentapi_db.rotation import RotationError, rotate_keys, verify_rotation
+from tests.cli_fixtures import run_cli
 from tests.ops_fixtures import (
     key_states,
     plaintext_mismatches,
-    run_cli,
     seed_encrypted,
     seed_tenant,
 )
@@ -120,13 +120,13 @@ def test_cli_rotate_and_verify(db: TestDatabase) -> None:
     old, new = EncryptionKey.generate(), EncryptionKey.generate()
     n = seed_encrypted(db, seed_tenant(db, "cli"), old, bearer=10, oauth=10)
     env = _env(db, new, old)
-    check = run_cli(["rotate-key", "--verify"], env)
-    assert check.returncode == 1, check.stdout + check.stderr
-    done = run_cli(["rotate-key", "--batch-size", "4"], env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    check = run_cli("rotate-key", "--verify", env=env)
+    assert check.code == 1, check.stdout + check.stderr
+    done = run_cli("rotate-key", "--batch-size", "4", env=env)
+    assert done.code == 0, done.stdout + done.stderr
     assert f"{n}" in done.stdout
-    check = run_cli(["rotate-key", "--verify"], env)
-    assert check.returncode == 0, check.stdout + check.stderr
+    check = run_cli("rotate-key", "--verify", env=env)
+    assert check.code == 0, check.stdout + check.stderr
     for out in (done, check):
         for secret in (new.reveal(), old.reveal()):
             assert secret not in out.stdout + out.stderr
@@ -135,10 +135,13 @@ def test_cli_rotate_and_verify(db: TestDatabase) -> None:
 def test_cli_without_old_key_is_a_config_error(db: TestDatabase) -> None:
     new = EncryptionKey.generate()
     out = run_cli(
-        ["rotate-key"],
-        {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN), "AGENTAPI_ENCRYPTION_KEY": new.reveal()},
+        "rotate-key",
+        env={
+            "AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN),
+            "AGENTAPI_ENCRYPTION_KEY": new.reveal(),
+        },
     )
-    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.code == 3, out.stdout + out.stderr
     assert "AGENTAPI_OLD_ENCRYPTION_KEY" in out.stderr
 
 
@@ -183,10 +186,10 @@ def test_sigkill_at_random_points_then_rerun_finishes(db: TestDatabase) -> None:
         progress.append(states)
     assert all(0 < s[0] < n for s in progress), progress
     assert [s[0] for s in progress] == sorted(s[0] for s in progress)
-    final = run_cli(["rotate-key", "--batch-size", "200"], _env(db, new, old))
-    assert final.returncode == 0, final.stdout + final.stderr
+    final = run_cli("rotate-key", "--batch-size", "200", env=_env(db, new, old))
+    assert final.code == 0, final.stdout + final.stderr
     assert key_states(db, new, old) == (n, 0, 0, 0)
     count, bad = plaintext_mismatches(db, new)
     assert (count, bad) == (n, [])
-    verify = run_cli(["rotate-key", "--verify"], _env(db, new, old))
-    assert verify.returncode == 0, verify.stdout + verify.stderr
+    verify = run_cli("rotate-key", "--verify", env=_env(db, new, old))
+    assert verify.code == 0, verify.stdout + verify.stderr
