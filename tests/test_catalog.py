@@ -289,6 +289,12 @@ MISTAKES: tuple[Mistake, ...] = (
         "public.audit_logs_y2031m01", "postgres may DELETE, TRUNCATE, UPDATE",
     ),
     Mistake(
+        "public_temporary_on_database", "temp_granted_to_public",
+        ("DO $$ BEGIN EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO PUBLIC',"
+         " current_database()); END $$",),
+        "current database", "PUBLIC may create temporary objects",
+    ),
+    Mistake(
         "audit_log_mutable", "delete_policy",
         ("CREATE POLICY purge ON public.audit_logs FOR DELETE TO agentapi_owner USING (true)",),
         "public.audit_logs", "policy purge allows DELETE",
