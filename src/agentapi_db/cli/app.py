@@ -18,14 +18,13 @@ Conventions for a command:
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import IntEnum
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import click
 import psycopg
@@ -33,9 +32,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from agentapi_db import __version__
+from agentapi_db import __version__, errors
 from agentapi_db.cluster import ClusterError
 from agentapi_db.migrations import MigrationError
+
+if TYPE_CHECKING:
+    from agentapi_db.db import Database
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -49,6 +51,7 @@ __all__ = [
     "err_console",
     "fail",
     "handles_errors",
+    "open_database",
     "org_app",
     "print_json",
     "prompts_app",
@@ -131,6 +134,7 @@ def _root(
 # --------------------------------------------------------------------------- options
 
 DATABASE_URL_ENV = ("AGENTAPI_DATABASE_URL", "DATABASE_URL")
+_CONNECT_TIMEOUT = 10
 
 DatabaseUrlOption = Annotated[
     str | None,
@@ -166,6 +170,34 @@ def resolve_database_url(url: str | None, *, superuser: bool = False) -> str:
     return local.ensure_local_database(superuser=superuser)
 
 
+@contextmanager
+def open_database(
+    url: str | None, *, max_size: int = 2, need_key: bool = False
+) -> Iterator[Database]:
+    """A :class:`~agentapi_db.Database` for a command, closed on exit.
+
+    ``url``: the ``--database-url`` value (resolved with :func:`resolve_database_url`).
+    The encryption key comes from the environment (``AGENTAPI_ENCRYPTION_KEY`` or
+    ``_FILE``); ``need_key`` makes a missing key an error. The database is tried once
+    first, so an unreachable one fails at once (exit 3) instead of after the pool's
+    timeout.
+    """
+    from agentapi_db.config import Settings
+    from agentapi_db.db import Database
+
+    settings = Settings.from_env(database_url=resolve_database_url(url))
+    if need_key:
+        settings.require_key()
+    target = settings.database_url or ""
+    with psycopg.connect(target, connect_timeout=_CONNECT_TIMEOUT):
+        pass
+    database = Database.from_settings(settings, min_size=1, max_size=max_size, timeout=30.0)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
 def print_json(value: Any) -> None:
     """Print ``value`` as JSON on stdout (no Rich markup or highlighting)."""
     sys.stdout.write(json.dumps(value, indent=2, default=str, ensure_ascii=False) + "\n")
@@ -188,21 +220,18 @@ def _one_line(exc: BaseException) -> str:
 
 def _library_exit_code(exc: Exception) -> ExitCode | None:
     """Exit code for an ``agentapi_db.errors`` exception; None when ``exc`` is not one."""
-    try:
-        errors = importlib.import_module("agentapi_db.errors")
-    except ModuleNotFoundError:  # the library's error module is not there (yet)
-        return None
-    mapping: list[tuple[str, ExitCode]] = [
-        ("PermissionDenied", ExitCode.PERMISSION_DENIED),
-        ("ConfigurationError", ExitCode.UNAVAILABLE),
-        ("InvalidInput", ExitCode.USAGE),
-        ("NotFound", ExitCode.USAGE),
-        ("AlreadyExists", ExitCode.FAILURE),
-        ("AgentApiDbError", ExitCode.FAILURE),
+    mapping: list[tuple[type[Exception], ExitCode]] = [
+        (errors.PermissionDenied, ExitCode.PERMISSION_DENIED),
+        (errors.ConfigurationError, ExitCode.UNAVAILABLE),
+        (errors.DatabaseUnavailable, ExitCode.UNAVAILABLE),
+        (errors.DecryptionError, ExitCode.UNAVAILABLE),
+        (errors.InvalidInput, ExitCode.USAGE),
+        (errors.NotFound, ExitCode.USAGE),
+        (errors.AlreadyExists, ExitCode.FAILURE),
+        (errors.AgentApiDbError, ExitCode.FAILURE),
     ]
-    for name, code in mapping:
-        cls = getattr(errors, name, None)
-        if isinstance(cls, type) and isinstance(exc, cls):
+    for cls, code in mapping:
+        if isinstance(exc, cls):
             return code
     return None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated
 
 import typer
@@ -50,9 +49,10 @@ def up_command(
         console.print(f"  schema:   version {status.schema_version}")
         console.print(f"  use it:   export AGENTAPI_DATABASE_URL={escape(url)}", soft_wrap=True)
     if demo:
-        # Imported here: the demo pulls in the whole library.
-        demo_module = importlib.import_module("agentapi_db.demo")
-        demo_module.run_demo(url, json_output=json_output)
+        # imported here: it pulls in the whole library
+        from agentapi_db import demo as demo_module
+
+        demo_module.run_demo(url, json_output=json_output, console=console)
 
 
 @app.command("down")
