@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agentapi_db import chain, opsdb, retention, rotation
+from agentapi_db import chain, opsdb, retention, rotation, schedule
 from agentapi_db.cli.app import (
     DatabaseUrlOption,
     ExitCode,
@@ -325,3 +325,97 @@ def audit_verify_chain_command(
                 )
     if not all(r.ok for r in reports):
         raise typer.Exit(int(ExitCode.FAILURE))
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@app.command("schedule")
+@handles_errors
+def schedule_command(
+    database_url: DatabaseUrlOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the jobs; register nothing.")
+    ] = False,
+    cleanup_schedule: Annotated[
+        str, typer.Option("--cleanup-schedule", help="Cron schedule of the session cleanup.")
+    ] = "*/5 * * * *",
+    partitions_schedule: Annotated[
+        str, typer.Option("--partitions-schedule", help="Cron schedule of partition upkeep.")
+    ] = "15 3 * * *",
+    retention_schedule: Annotated[
+        str, typer.Option("--retention-schedule", help="Cron schedule of audit retention.")
+    ] = "45 3 * * *",
+    keep: Annotated[
+        int, typer.Option("--keep", min=1, max=1200, help="Months of audit log retention keeps.")
+    ] = 12,
+    no_retention: Annotated[
+        bool, typer.Option("--no-retention", help="Do not schedule retention (and unschedule it).")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Schedule session cleanup, audit partition upkeep and retention.
+
+    With the pg_cron extension in the database: registers (or updates) the jobs
+    agentapi-session-cleanup, agentapi-audit-partitions, agentapi-audit-retention;
+    running it again does not duplicate them. Without pg_cron: prints equivalent
+    crontab lines and exits 0.
+    """
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        jobs = schedule.wanted_jobs(
+            conn,
+            cleanup=cleanup_schedule,
+            partitions=partitions_schedule,
+            retention=retention_schedule,
+            keep_months=None if no_retention else keep,
+        )
+        version = schedule.pg_cron_version(conn)
+        if version is None or dry_run:
+            _print_jobs(jobs, version, dry_run, json_output)
+            return
+        result = schedule.apply_schedule(conn, jobs)
+    if json_output:
+        print_json(
+            {
+                "pg_cron": result.pg_cron_version,
+                "scheduled": [
+                    {"job": j.name, "jobid": jid, "schedule": j.schedule, "command": j.command}
+                    for j, jid in result.scheduled
+                ],
+                "unscheduled": result.unscheduled,
+            }
+        )
+        return
+    for job, jobid in result.scheduled:
+        console.print(f"[green]✓[/] {job.name} (job {jobid}): {escape(job.schedule)}")
+    for name in result.unscheduled:
+        console.print(f"[yellow]-[/] {name} unscheduled")
+    console.print(f"registered with pg_cron {result.pg_cron_version}")
+
+
+def _print_jobs(
+    jobs: list[schedule.Job], version: str | None, dry_run: bool, json_output: bool
+) -> None:
+    if json_output:
+        print_json(
+            {
+                "pg_cron": version,
+                "dry_run": dry_run,
+                "jobs": [
+                    {"job": j.name, "schedule": j.schedule, "command": j.command, "cli": j.cli}
+                    for j in jobs
+                ],
+                "crontab": None if version else schedule.crontab_lines(jobs),
+            }
+        )
+        return
+    if version is None:
+        err_console.print(
+            "[yellow]pg_cron is not installed in this database; add these lines to a "
+            "crontab instead (or install pg_cron and run this again):[/]"
+        )
+        for line in schedule.crontab_lines(jobs):
+            typer.echo(line)
+        return
+    for job in jobs:
+        console.print(f"would register {job.name}: {escape(job.schedule)}  {escape(job.command)}")
