@@ -53,6 +53,14 @@ def entry_point() -> str:
     return found
 
 
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: no database/key/data-dir variables of ours."""
+    base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED and not k.startswith("PG")}
+    base["COLUMNS"] = "200"  # Rich: no wrapping of long lines in assertions
+    base.update(extra or {})
+    return base
+
+
 def run_cli(
     *args: str,
     env: Mapping[str, str] | None = None,
@@ -60,9 +68,7 @@ def run_cli(
     input_text: str | None = None,
 ) -> CliResult:
     """``agentapi-db *args`` with a clean environment (plus ``env``); never raises on exit."""
-    base = {k: v for k, v in os.environ.items() if k not in _SCRUBBED and not k.startswith("PG")}
-    base["COLUMNS"] = "200"  # Rich: no wrapping of long lines in assertions
-    base.update(env or {})
+    base = cli_env(env)
     argv = [entry_point(), *args]
     proc = subprocess.run(
         argv,
