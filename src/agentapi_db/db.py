@@ -24,9 +24,13 @@ Work outside a context (:meth:`Database.transaction`) runs as the login role
 itself, with no ``app.user_id``: row-level security shows it nothing.
 
 Errors: every statement's error is translated (:func:`agentapi_db.errors.from_psycopg`)
-and marks the transaction failed. A failed transaction is rolled back when the
-block ends, whether or not the exception escaped it: a failed call never leaves
-anything half-written. Later calls in the same block raise at once.
+and marks the transaction failed; so does an exception an operation raises after
+one of its statements changed rows (e.g. the second half of a multi-statement
+operation being refused). An operation refused without having changed anything
+(``NotFound`` on a zero-row update) leaves the transaction usable. A failed
+transaction is rolled back when the block ends, whether or not the exception
+escaped it: a failed call never leaves anything half-written. Later calls in the
+same block raise at once.
 
 The executors (:meth:`Transaction.run`, :meth:`AsyncTransaction.run`) drive the
 operation generators of :mod:`agentapi_db.ops`; see :mod:`agentapi_db.ops._core`
@@ -92,6 +96,15 @@ def _user_uuid(user_id: UUID | str) -> UUID:
 
 def _result_of(stop: StopIteration) -> Any:
     return stop.value
+
+
+def _changed_something(query: Query, result: Any) -> bool:
+    """Whether a writing statement may have changed rows (a RETURNING row, a count)."""
+    if query.fetch == "one":
+        return result is not None
+    if query.fetch in ("all", "rowcount"):
+        return bool(result)
+    return True
 
 
 class _TxState:
@@ -170,8 +183,8 @@ class Transaction(_TxState):
         try:
             while True:
                 query = op.send(result)
-                wrote = wrote or query.writes
                 result = self.execute(query)
+                wrote = wrote or (query.writes and _changed_something(query, result))
         except StopIteration as stop:
             value: T = _result_of(stop)
             return value
@@ -231,8 +244,8 @@ class AsyncTransaction(_TxState):
         try:
             while True:
                 query = op.send(result)
-                wrote = wrote or query.writes
                 result = await self.execute(query)
+                wrote = wrote or (query.writes and _changed_something(query, result))
         except StopIteration as stop:
             value: T = _result_of(stop)
             return value

@@ -29,6 +29,7 @@ __all__ = ["MIN_KEY_BYTES", "EncryptionKey"]
 
 MIN_KEY_BYTES = 32
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
+_HEX_ONLY = re.compile(r"[0-9A-Fa-f]+")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
 
 
@@ -61,6 +62,13 @@ class EncryptionKey:
             raise ConfigurationError(f"{source} is empty; generate one with `agentapi-db keygen`")
         if _HEX64.fullmatch(value):
             return cls(bytes.fromhex(value))
+        if _HEX_ONLY.fullmatch(value):
+            # Only hex digits but not 64 of them: a mistyped hex key, not base64 (a
+            # random base64 key of >= 43 characters is practically never all hex).
+            raise ConfigurationError(
+                f"{source} is malformed: a hex key has exactly 64 hex digits "
+                f"(this one has {len(value)})"
+            )
         if not _B64.fullmatch(value):
             raise ConfigurationError(
                 f"{source} is malformed: write it as 64 hex digits or as base64/base64url "

@@ -313,33 +313,44 @@ SELECT DISTINCT ON (v.name)
 
 # Insert or replace, atomically, on the unique key (user, organization, config).
 # The configuration is looked up under the caller's RLS: one they cannot see
-# gives no row (NotFound). Replacing resets the refresh bookkeeping.
+# gives no row at all (NotFound); one that does not use OAuth gives a row with
+# auth_type but no token (InvalidInput). Replacing resets the refresh bookkeeping.
 OAUTH_UPSERT: Final[LiteralString] = """
-INSERT INTO public.mcp_oauth_tokens AS t (user_id, organization_id, mcp_configuration_id,
-                                          oauth_provider, access_token, refresh_token,
-                                          token_type, scope, expires_at)
-SELECT u.id, u.organization_id, c.id, coalesce(%(oauth_provider)s, c.oauth_provider),
-       public.encrypt_token(%(access_token)s, %(key)s),
-       public.encrypt_token(%(refresh_token)s, %(key)s),
-       %(token_type)s, %(scope)s, %(expires_at)s
-  FROM public.users AS u
-  JOIN public.mcp_configurations AS c
-    ON c.id = %(mcp_configuration_id)s AND c.organization_id = u.organization_id
- WHERE u.id = %(user_id)s
-ON CONFLICT (user_id, organization_id, mcp_configuration_id) DO UPDATE
-   SET oauth_provider = EXCLUDED.oauth_provider,
-       access_token = EXCLUDED.access_token,
-       refresh_token = EXCLUDED.refresh_token,
-       token_type = EXCLUDED.token_type,
-       scope = EXCLUDED.scope,
-       expires_at = EXCLUDED.expires_at,
-       refresh_claimed_until = NULL,
-       refresh_claimed_by = NULL,
-       refresh_failure_count = 0,
-       last_refresh_error = NULL
-RETURNING t.id, t.user_id, t.organization_id, t.mcp_configuration_id, t.oauth_provider,
-          t.token_type, t.scope, t.expires_at, t.refresh_failure_count, t.last_refreshed_at,
-          t.created_at, t.updated_at
+WITH cfg AS (
+    SELECT u.id AS user_id, u.organization_id, c.id AS mcp_configuration_id,
+           c.oauth_provider, c.auth_type
+      FROM public.users AS u
+      JOIN public.mcp_configurations AS c
+        ON c.id = %(mcp_configuration_id)s AND c.organization_id = u.organization_id
+     WHERE u.id = %(user_id)s
+), saved AS (
+    INSERT INTO public.mcp_oauth_tokens AS t (user_id, organization_id, mcp_configuration_id,
+                                              oauth_provider, access_token, refresh_token,
+                                              token_type, scope, expires_at)
+    SELECT cfg.user_id, cfg.organization_id, cfg.mcp_configuration_id,
+           coalesce(%(oauth_provider)s, cfg.oauth_provider),
+           public.encrypt_token(%(access_token)s, %(key)s),
+           public.encrypt_token(%(refresh_token)s, %(key)s),
+           %(token_type)s, %(scope)s, %(expires_at)s
+      FROM cfg
+     WHERE cfg.auth_type = 'oauth'
+    ON CONFLICT (user_id, organization_id, mcp_configuration_id) DO UPDATE
+       SET oauth_provider = EXCLUDED.oauth_provider,
+           access_token = EXCLUDED.access_token,
+           refresh_token = EXCLUDED.refresh_token,
+           token_type = EXCLUDED.token_type,
+           scope = EXCLUDED.scope,
+           expires_at = EXCLUDED.expires_at,
+           refresh_claimed_until = NULL,
+           refresh_claimed_by = NULL,
+           refresh_failure_count = 0,
+           last_refresh_error = NULL
+    RETURNING t.id, t.user_id, t.organization_id, t.mcp_configuration_id, t.oauth_provider,
+              t.token_type, t.scope, t.expires_at, t.refresh_failure_count,
+              t.last_refreshed_at, t.created_at, t.updated_at
+)
+SELECT cfg.auth_type AS configuration_auth_type, saved.*
+  FROM cfg LEFT JOIN saved ON true
 """
 
 OAUTH_GET: Final[LiteralString] = """

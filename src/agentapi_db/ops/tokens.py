@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import SecretStr
 
 from agentapi_db import queries as Q
-from agentapi_db.errors import InvalidInput, NotFound
+from agentapi_db.errors import InvalidInput, NotFound, rule_message
 from agentapi_db.models import OAuthToken
 from agentapi_db.ops._core import OpContext, Query, all_rows, one, read_key_params, reveal
 
@@ -61,6 +61,9 @@ def store(
     row = yield from one("tokens.store", Q.OAUTH_UPSERT, params, writes=True, sensitive=True)
     if row is None:
         raise NotFound("MCP configuration (or user) not found")
+    if row["id"] is None:
+        rule = "mcp_oauth_tokens_configuration_oauth"
+        raise InvalidInput(rule_message(rule), rule=rule)
     return OAuthToken.model_validate(row)
 
 
