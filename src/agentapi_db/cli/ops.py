@@ -15,8 +15,9 @@ from uuid import UUID
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from agentapi_db import chain, opsdb, retention, rotation, schedule
+from agentapi_db import backup, chain, opsdb, retention, rotation, schedule, stats
 from agentapi_db.cli.app import (
     DatabaseUrlOption,
     ExitCode,
@@ -25,6 +26,7 @@ from agentapi_db.cli.app import (
     audit_app,
     console,
     err_console,
+    fail,
     handles_errors,
     print_json,
     resolve_database_url,
@@ -419,3 +421,138 @@ def _print_jobs(
         return
     for job in jobs:
         console.print(f"would register {job.name}: {escape(job.schedule)}  {escape(job.command)}")
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(value: object) -> str:
+    return "-" if value is None else str(value)[:19]
+
+
+@app.command("stats")
+@handles_errors
+def stats_command(database_url: DatabaseUrlOption = None, json_output: JsonOption = False) -> None:
+    """Table sizes, row estimates, dead tuples, (auto)vacuum/analyze, index usage."""
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        result = stats.collect_stats(conn)
+    if json_output:
+        print_json(result.as_dict())
+        return
+    console.print(
+        f"database {escape(result.database)}: {_size(result.database_bytes)}; "
+        f"statistics since {_when(result.stats_reset)}"
+    )
+    tables = Table("table", "total", "heap", "indexes", "rows~", "dead", "seq scans",
+                   "idx scans", "last vacuum", "last analyze", title="tables")
+    for t in result.tables:
+        tables.add_row(
+            f"{t.schema}.{t.table}", _size(t.total_bytes), _size(t.table_bytes),
+            _size(t.index_bytes), str(t.estimated_rows), str(t.dead_tuples), str(t.seq_scans),
+            str(t.index_scans), _when(t.last_vacuum or t.last_autovacuum),
+            _when(t.last_analyze or t.last_autoanalyze),
+        )
+    console.print(tables)
+    indexes = Table("index", "table", "size", "scans", "tuples read", "unused", title="indexes")
+    for i in result.indexes:
+        indexes.add_row(
+            f"{i.schema}.{i.index}", i.table, _size(i.bytes), str(i.scans), str(i.tuples_read),
+            "[yellow]unused[/]" if i.unused else "",
+        )
+    console.print(indexes)
+    unused = result.unused_indexes
+    console.print(
+        f"{len(unused)} unused index(es) (never scanned, not unique): "
+        + (", ".join(f"{i.schema}.{i.index}" for i in unused) or "none")
+    )
+
+
+# --------------------------------------------------------------------------- backup
+
+
+@app.command("backup")
+@handles_errors
+def backup_command(
+    file: Annotated[Path, typer.Argument(help="Dump file to write (pg_dump custom format).")],
+    database_url: DatabaseUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """pg_dump -Fc of the database, with a manifest (schema version, row counts) next to it.
+
+    Needs a superuser URL (row-level security is forced on every table).
+    """
+    manifest = backup.backup(resolve_database_url(database_url, superuser=True), file)
+    if json_output:
+        print_json(manifest.as_dict() | {"manifest": str(backup.manifest_path(file))})
+        return
+    rows = sum(manifest.row_counts.values())
+    console.print(
+        f"[green]✓[/] {escape(str(file))}: {_size(manifest.bytes)}, schema version "
+        f"{manifest.schema_version}, {rows} rows in {len(manifest.row_counts)} tables "
+        f"(manifest {escape(str(backup.manifest_path(file)))})"
+    )
+
+
+@app.command("restore")
+@handles_errors
+def restore_command(
+    file: Annotated[Path, typer.Argument(help="Dump written by `agentapi-db backup`.")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Restore into a scratch database, compare with the manifest, drop it.",
+        ),
+    ] = False,
+    into: Annotated[
+        str | None,
+        typer.Option("--into", help="Restore into this new database (kept) and compare."),
+    ] = None,
+    database_url: DatabaseUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Restore a backup into a new database and compare schema version and row counts.
+
+    Exit 1 when anything differs from the backup's manifest. Needs a superuser URL
+    (on the server to restore to); the database it names is not touched.
+    """
+    if not verify and into is None:
+        fail("say where to restore: --verify (scratch database) or --into NAME", ExitCode.USAGE)
+    url = resolve_database_url(database_url, superuser=True)
+    report = backup.restore(url, file, into=into)
+    if json_output:
+        print_json(
+            {
+                "ok": report.ok,
+                "database": report.database,
+                "kept": report.kept,
+                "schema_version": report.schema_version,
+                "expected_schema_version": report.expected.schema_version,
+                "row_counts": report.row_counts,
+                "mismatches": report.mismatches,
+            }
+        )
+    else:
+        for table, count in sorted(report.row_counts.items()):
+            want = report.expected.row_counts.get(table)
+            mark = "[green]✓[/]" if want == count else "[red]✗[/]"
+            console.print(f"{mark} {escape(table)}: {count} rows (backup: {want})")
+        for problem in report.mismatches:
+            console.print(f"[red]✗[/] {escape(problem)}")
+        where = f"kept as {report.database}" if report.kept else "scratch database dropped"
+        verdict = "[green]restore verified[/]" if report.ok else "[red]restore differs[/]"
+        console.print(
+            f"{verdict}: schema version {report.schema_version} "
+            f"(backup: {report.expected.schema_version}); {escape(where)}"
+        )
+    if not report.ok:
+        raise typer.Exit(int(ExitCode.FAILURE))
