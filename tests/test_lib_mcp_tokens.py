@@ -342,3 +342,29 @@ def test_delete_token(api: Api, tenants: Tenants) -> None:
             tx.tokens.delete(cfg)
         with pytest.raises(NotFound):
             tx.tokens.get(cfg)
+
+
+def test_reads_refused_outside_own_scope(api: Api, tenants: Tenants) -> None:
+    with api.app.as_user(tenants.bob) as tx:
+        bobs = tx.mcp.create(name="b", type="http", endpoint="https://b", auth_type="bearer",
+                             bearer_token=TOKEN)
+    cfg = _oauth_config(api, tenants)
+    with api.app.as_user(tenants.alice) as tx:
+        tx.tokens.store(cfg, access_token="acc")
+    with api.app.as_user(tenants.alice) as tx:
+        with pytest.raises(NotFound):
+            tx.mcp.get_secret(bobs.id)
+        with pytest.raises(NotFound):
+            tx.mcp.get(bobs.id, decrypt=True)
+        assert tx.mcp.list(organization_id=tenants.org_b) == []
+        assert bobs.id not in {c.id for c in tx.mcp.list()}
+        assert tx.mcp.list_effective(user_id=tenants.bob) != []  # org-wide ones only
+        assert bobs.id not in {c.id for c in tx.mcp.list_effective(user_id=tenants.bob)}
+    with api.app.as_user(tenants.admin_a) as tx:
+        assert tx.tokens.list(user_id=tenants.alice) == []
+        assert tx.tokens.list() == []
+    with api.app.as_user(tenants.alice) as tx:
+        assert [t.mcp_configuration_id for t in tx.tokens.list()] == [cfg]
+    with api.svc.as_service() as tx:
+        secret = tx.mcp.get_secret(bobs.id)
+        assert secret is not None and secret.get_secret_value() == TOKEN

@@ -193,3 +193,22 @@ def test_delete_user(api: Api, tenants: Tenants) -> None:
         tx.users.delete(tenants.bob)
         with pytest.raises(NotFound):
             tx.users.get(tenants.bob)
+
+
+def test_lookups_and_activation_refused_across_roles_and_tenants(
+    api: Api, tenants: Tenants
+) -> None:
+    with api.app.as_user(tenants.alice) as tx:
+        with pytest.raises(NotFound):
+            tx.users.get_by_email("carol@b.test", organization_id=tenants.org_b)
+        with pytest.raises(NotFound):
+            tx.users.get_by_email("carol@b.test")
+    with api.app.as_user(tenants.admin_a) as tx:
+        tx.users.deactivate(tenants.bob)
+    with pytest.raises(PermissionDenied), api.app.as_user(tenants.alice) as tx:
+        tx.users.activate(tenants.bob)
+    with pytest.raises(NotFound), api.app.as_user(tenants.admin_b) as tx:
+        tx.users.activate(tenants.bob)
+    with api.svc.as_service() as tx:
+        assert tx.users.get_by_email("BOB@a.test", organization_id=tenants.org_a).is_active is False
+        assert tx.users.activate(tenants.bob).is_active is True

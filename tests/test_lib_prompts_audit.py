@@ -232,3 +232,19 @@ def test_audit_filters_and_keyset_pagination(api: Api, tenants: Tenants) -> None
             tx.audit.query(since=datetime(2026, 1, 1))  # naive datetime
         with pytest.raises(InvalidInput):
             tx.audit.query(cursor="%%%")
+
+
+def test_prompt_reads_refused_outside_own_scope(api: Api, tenants: Tenants) -> None:
+    ids = _layered(api, tenants)
+    with api.app.as_user(tenants.bob) as tx:
+        with pytest.raises(NotFound):
+            tx.prompts.get(ids["u"])  # Alice's own prompt
+        assert ids["u"] not in {p.id for p in tx.prompts.list()}
+        assert tx.prompts.get(ids["o_high"]).scope == "organization"
+    with api.app.as_user(tenants.carol) as tx:
+        with pytest.raises(NotFound):
+            tx.prompts.get(ids["o_low"])
+        assert {p.scope for p in tx.prompts.list()} == {"global", "organization"}
+        assert tx.prompts.list(organization_id=tenants.org_a) == []
+    with api.svc.as_service() as tx:
+        assert len(tx.prompts.list(scope="global")) == 2

@@ -207,6 +207,8 @@ def from_psycopg(exc: BaseException) -> AgentApiDbError:
     # psycopg_pool is imported lazily by its users; match the timeout by name too.
     if type(exc).__name__ == "PoolTimeout":
         return DatabaseUnavailable("timed out waiting for a database connection from the pool")
+    if type(exc).__name__ == "PoolClosed":
+        return DatabaseUnavailable("the connection pool is closed")
     if not isinstance(exc, psycopg.Error):
         return AgentApiDbError(f"unexpected error in the database layer ({type(exc).__name__})")
     state = exc.sqlstate
