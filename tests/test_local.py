@@ -113,3 +113,40 @@ def test_missing_postgresql_binaries_say_how_to_install(tmp_path: Path) -> None:
     result = run_cli("up", env=env)
     assert_clean_error(result, 3, "apt-get install postgresql")
     assert not (tmp_path / "never" / "pgdata").exists()
+
+
+def test_up_demo_twice_walks_through_isolation(data_dir: Path) -> None:
+    env = {"AGENTAPI_DATA_DIR": str(data_dir)}
+    first = run_cli("up", "--demo", "--json", env=env)
+    assert first.code == 0, str(first)
+    doc = json.loads(first.stdout)
+    assert doc["loaded"] is True
+    steps = doc["steps"]
+    assert len(steps) >= 9 and all(step["ok"] for step in steps), steps
+    outcomes = {step["action"]: step["outcome"] for step in steps}
+    assert outcomes["read a globex session by its id"].startswith("NotFound")
+    assert outcomes["create an org-wide MCP config"].startswith("PermissionDenied")
+    assert "Carol" in doc["rendered_prompt"]
+
+    counts_after_first = json.loads(run_cli("status", "--json", env=env).stdout)["row_counts"]
+    key_file = data_dir / "demo-encryption.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text().strip()
+    assert len(key) == 64
+
+    again = run_cli("up", "--demo", env=env)
+    assert again.code == 0, str(again)
+    assert "demo data already loaded" in again.stdout
+    assert "Tenant isolation" in again.stdout and "✗" not in again.stdout
+    status = json.loads(run_cli("status", "--json", env=env).stdout)
+    assert status["row_counts"] == counts_after_first  # the second run added nothing
+    assert counts_after_first["user_sessions"] >= 5
+    for result in (first, again):
+        assert key not in result.stdout + result.stderr
+
+    # The demo's commands work against it (through the local login).
+    carol = doc["users"]["carol@acme.test"]
+    shown = run_cli("prompts", "show", "--user", carol, "--var", "name=C", "--var", "project=p",
+                    env=env)  # fmt: skip
+    assert shown.code == 0, str(shown)
+    assert "Acme" in shown.stdout

@@ -1,0 +1,102 @@
+"""agentapi_db.verify.run_checks on a migrated database: clean, then each check broken."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from agentapi_db import lint
+from agentapi_db.migrations import migrate
+from agentapi_db.verify import CheckResult, run_checks
+from tests.cli_fixtures import empty_database
+from tests.pg import SCHEMA_SQL, PgServer
+
+_SU_LOGIN = "verify_test_superuser_login"
+_CREATE_SU_LOGIN = "CREATE ROLE {} LOGIN SUPERUSER"
+_GRANT_APP = "GRANT agentapi_app TO {}"
+_DROP_ROLE = "DROP ROLE IF EXISTS {}"
+_META_PUBLIC = "GRANT USAGE ON SCHEMA agentapi_meta TO PUBLIC"
+_META_NO_FORCE = "ALTER TABLE agentapi_meta.schema_migrations NO FORCE ROW LEVEL SECURITY"
+_TAMPER_CHECKSUM = "UPDATE agentapi_meta.schema_migrations SET checksum = repeat('0', 64)"
+
+
+@pytest.fixture
+def migrated_url(pg_server: PgServer, login_roles: dict[str, str | None]) -> Iterator[str]:
+    with empty_database(pg_server, "agentapi_verify") as name:
+        url = pg_server.url(name)
+        migrate(url)
+        yield url
+
+
+def checks(url: str) -> dict[str, CheckResult]:
+    with psycopg.connect(url) as conn:
+        return {r.name: r for r in run_checks(conn)}
+
+
+def failing(url: str) -> dict[str, list[str]]:
+    return {name: r.findings for name, r in checks(url).items() if not r.ok}
+
+
+def test_a_migrated_database_passes_every_check(migrated_url: str) -> None:
+    results = checks(migrated_url)
+    expected = {f"lint:{item.name}" for item in lint.LINTS} | {
+        "login_roles",
+        "migration_history",
+        "schema_version",
+    }
+    assert set(results) == expected
+    assert failing(migrated_url) == {}
+
+
+def test_superuser_login_acting_as_app_is_a_finding(migrated_url: str) -> None:
+    role = sql.Identifier(_SU_LOGIN)
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(_DROP_ROLE).format(role))
+        conn.execute(sql.SQL(_CREATE_SU_LOGIN).format(role))
+        try:
+            conn.execute(sql.SQL(_GRANT_APP).format(role))
+            found = failing(migrated_url)
+        finally:
+            conn.execute(sql.SQL(_DROP_ROLE).format(role))
+    assert list(found) == ["login_roles"]
+    assert found["login_roles"] == [
+        f"login {_SU_LOGIN} can act as agentapi_app but is SUPERUSER"
+    ]
+
+
+def test_migration_history_posture_is_checked(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(_META_PUBLIC)
+        conn.execute(_META_NO_FORCE)
+    found = failing(migrated_url)
+    assert list(found) == ["migration_history"]
+    text = " ".join(found["migration_history"])
+    assert "schema agentapi_meta: PUBLIC has USAGE" in text
+    assert "agentapi_meta.schema_migrations: row level security not enabled and forced" in text
+
+
+def test_tampered_checksum_is_a_finding(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(_TAMPER_CHECKSUM)
+    found = failing(migrated_url)
+    assert list(found) == ["schema_version"]
+    assert "migration 1 (schema) was changed after it was applied" in found["schema_version"][0]
+
+
+def test_pending_migration_is_a_finding(
+    migrated_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "database"
+    shutil.copytree(SCHEMA_SQL.parent, copy)
+    (copy / "migrations").mkdir(exist_ok=True)
+    (copy / "migrations" / "0002_later.sql").write_text("SELECT 1;\n")
+    monkeypatch.setenv("AGENTAPI_SQL_DIR", str(copy))
+    found = failing(migrated_url)
+    assert found == {"schema_version": ["migration 2 (later) is not applied"]}
+    migrate(migrated_url)
+    assert failing(migrated_url) == {}
