@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentapi_db import Database, EncryptionKey, Settings, connect
 from agentapi_db.errors import ConfigurationError
@@ -139,3 +141,29 @@ def test_connect_without_url_and_without_local_support(monkeypatch: pytest.Monke
     monkeypatch.setitem(sys.modules, "agentapi_db.local", None)  # import fails
     with pytest.raises(ConfigurationError, match="AGENTAPI_DATABASE_URL"):
         connect(Settings())
+
+
+@given(st.binary(min_size=32, max_size=44) | st.binary(min_size=52, max_size=96))
+@settings(max_examples=200, deadline=None)
+def test_every_encoding_of_random_key_bytes_parses_to_the_same_key(raw: bytes) -> None:
+    # 45-51 bytes are left out: their base64 is 60-68 characters, and if those
+    # happen to be hex digits only (all-zero bytes give "AAAA..."), parse refuses
+    # them as a mistyped hex key on purpose.
+    expected = EncryptionKey(raw)
+    encodings = [
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ]
+    if len(raw) == 32:
+        encodings.append(raw.hex())
+    for text in encodings:
+        assert EncryptionKey.parse(text) == expected
+    assert expected.sql_value == raw.hex() and len(expected.sql_value) >= 64
+
+
+@given(st.binary(min_size=1, max_size=31))
+@settings(max_examples=100, deadline=None)
+def test_random_short_keys_are_refused(raw: bytes) -> None:
+    for text in (base64.b64encode(raw).decode(), base64.urlsafe_b64encode(raw).decode()):
+        with pytest.raises(ConfigurationError):
+            EncryptionKey.parse(text)

@@ -3,7 +3,8 @@
 A key carries at least 256 random bits. It is written as 64 hex digits, or as
 base64 / base64url (padded or not) of 32 or more bytes. :meth:`EncryptionKey.parse`
 refuses anything else with a :class:`~agentapi_db.errors.ConfigurationError` whose
-message never contains the text it was given.
+message never contains the text it was given. Hex digits only, 60-68 of them but
+not 64, is refused as a mistyped hex key rather than read as base64.
 
 The key reaches PostgreSQL only as a bind parameter: :attr:`EncryptionKey.sql_value`
 is its canonical text form (lowercase hex of the key bytes, so 64 characters for a
@@ -62,9 +63,10 @@ class EncryptionKey:
             raise ConfigurationError(f"{source} is empty; generate one with `agentapi-db keygen`")
         if _HEX64.fullmatch(value):
             return cls(bytes.fromhex(value))
-        if _HEX_ONLY.fullmatch(value):
-            # Only hex digits but not 64 of them: a mistyped hex key, not base64 (a
-            # random base64 key of >= 43 characters is practically never all hex).
+        if _HEX_ONLY.fullmatch(value) and 60 <= len(value) <= 68:
+            # Hex digits only, and almost 64 of them: a mistyped hex key, which
+            # would otherwise silently parse as base64 of ~47 bytes (a random base64
+            # key of that length is practically never all hex digits).
             raise ConfigurationError(
                 f"{source} is malformed: a hex key has exactly 64 hex digits "
                 f"(this one has {len(value)})"
