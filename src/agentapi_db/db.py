@@ -51,7 +51,7 @@ from contextlib import (
     asynccontextmanager,
     contextmanager,
 )
-from typing import Any, LiteralString, TypeVar
+from typing import Any, LiteralString, Self, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -107,6 +107,11 @@ def _changed_something(query: Query, result: Any) -> bool:
     return True
 
 
+_TX_SLOTS = (
+    "audit", "connection", "mcp", "organizations", "prompts", "sessions", "tokens", "users",
+)
+
+
 class _TxState:
     """What the two transaction classes share: context, failure flag, logging."""
 
@@ -137,16 +142,7 @@ class _TxState:
 class Transaction(_TxState):
     """One transaction in a tenant context; the repositories run their operations here."""
 
-    __slots__ = (
-        "audit",
-        "connection",
-        "mcp",
-        "organizations",
-        "prompts",
-        "sessions",
-        "tokens",
-        "users",
-    )
+    __slots__ = _TX_SLOTS
 
     def __init__(self, connection: psycopg.Connection[Any], context: OpContext) -> None:
         super().__init__(context)
@@ -199,16 +195,7 @@ class Transaction(_TxState):
 class AsyncTransaction(_TxState):
     """The asyncio twin of :class:`Transaction` (same repositories, awaitable methods)."""
 
-    __slots__ = (
-        "audit",
-        "connection",
-        "mcp",
-        "organizations",
-        "prompts",
-        "sessions",
-        "tokens",
-        "users",
-    )
+    __slots__ = _TX_SLOTS
 
     def __init__(self, connection: psycopg.AsyncConnection[Any], context: OpContext) -> None:
         super().__init__(context)
@@ -274,11 +261,26 @@ def _context_query(mode: str, user_id: UUID | None) -> tuple[LiteralString | Non
 
 
 class _DatabaseBase:
-    def __init__(self, key: EncryptionKey | None, old_key: EncryptionKey | None) -> None:
+    def __init__(
+        self, url: str, *, key: EncryptionKey | None, old_key: EncryptionKey | None
+    ) -> None:
         if old_key is not None and key is None:
             raise ConfigurationError("old_key needs key: rotation decrypts with either")
         self.key = key
         self.old_key = old_key
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **pool_options: Any) -> Self:
+        """Build from :class:`Settings` (which must carry a URL); ``pool_options`` as in
+        the constructor (``min_size``, ``max_size``, ``timeout``, ...)."""
+        if settings.database_url is None:
+            raise ConfigurationError("no database URL configured (AGENTAPI_DATABASE_URL)")
+        return cls(
+            settings.database_url,
+            key=settings.encryption_key,
+            old_key=settings.old_encryption_key,
+            **pool_options,
+        )
 
     def _context(self, mode: str, user_id: UUID | None = None) -> OpContext:
         if mode == "user":
@@ -303,7 +305,7 @@ class Database(_DatabaseBase):
         prepare_threshold: int | None = None,
         application_name: str = "agentapi-db",
     ) -> None:
-        super().__init__(key, old_key)
+        super().__init__(url, key=key, old_key=old_key)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=min_size,
@@ -312,17 +314,6 @@ class Database(_DatabaseBase):
             kwargs=_pool_kwargs(prepare_threshold, application_name),
             name="agentapi_db",
             open=True,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **pool_options: Any) -> Database:
-        if settings.database_url is None:
-            raise ConfigurationError("no database URL configured (AGENTAPI_DATABASE_URL)")
-        return cls(
-            settings.database_url,
-            key=settings.encryption_key,
-            old_key=settings.old_encryption_key,
-            **pool_options,
         )
 
     @contextmanager
@@ -379,7 +370,7 @@ class AsyncDatabase(_DatabaseBase):
         prepare_threshold: int | None = None,
         application_name: str = "agentapi-db",
     ) -> None:
-        super().__init__(key, old_key)
+        super().__init__(url, key=key, old_key=old_key)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -390,17 +381,6 @@ class AsyncDatabase(_DatabaseBase):
             open=False,
         )
         self._opened = False
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **pool_options: Any) -> AsyncDatabase:
-        if settings.database_url is None:
-            raise ConfigurationError("no database URL configured (AGENTAPI_DATABASE_URL)")
-        return cls(
-            settings.database_url,
-            key=settings.encryption_key,
-            old_key=settings.old_encryption_key,
-            **pool_options,
-        )
 
     async def open(self) -> None:
         if not self._opened:
