@@ -1,0 +1,988 @@
+"""agentapi-db benchmark: RLS against hand-written tenant filters, at tenant scale.
+
+    python bench/run.py [--quick] [--json] [--report] [--scale full|1pct|10pct|FRACTION]
+                        [--database-url SUPERUSER_URL] [--rounds N]
+
+Without ``--database-url`` it starts a throwaway PostgreSQL cluster
+(:class:`agentapi_db.cluster.LocalCluster`, ``fast=True``) and removes it at the
+end. It applies database/schema.sql, creates the bench logins (``bench_app``, a
+member of agentapi_app; ``bench_filter``, a BYPASSRLS member of
+agentapi_service), loads data with bench/generate.sql and measures:
+
+* workloads 1 (session start) and 2 (admin pages) in form (a), RLS, and form (b),
+  hand-written filters, with pgbench (``-M prepared``), the forms interleaved
+  A B A B over several rounds; medians of the per-round p50 and p99; the same
+  rows checked for both forms; the server CPU per transaction as well;
+* the same at the small scale (1% of the big one) for the scaling ratio;
+* workload 3 (refresh claim, 2 concurrent workers) and a double-claim check;
+* workload 1 through the agentapi_db library against raw psycopg (same SQL);
+* cleanup under load: batched deletes of expired sessions while workload 1 runs;
+* token decryption throughput on one backend.
+
+``--quick`` is a small smoke run (well under a minute): its numbers mean little.
+``--report`` writes bench/results.json, the results table in bench/README.md
+and bench/latency_vs_scale.png. ``--report-only`` rewrites the last two from
+bench/results.json without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "src"))
+
+from generate import Scale, generate, scale_named  # noqa: E402
+from pgscript import draw, parse_script, run_script, server_cpu_per_tx  # noqa: E402
+
+from agentapi_db.cluster import LocalCluster, find_binaries  # noqa: E402
+
+SQL_DIR = HERE / "sql"
+RESULTS_JSON = HERE / "results.json"
+README = HERE / "README.md"
+PLOT = HERE / "latency_vs_scale.png"
+SCHEMA_SQL = REPO / "database" / "schema.sql"
+
+APP_LOGIN = "bench_app"
+FILTER_LOGIN = "bench_filter"
+
+# ---------------------------------------------------------------------------- SQL
+# The one place for this module's own SQL (workload SQL lives in bench/sql/*.sql).
+
+_SQL_ROLE_EXISTS = "SELECT 1 FROM pg_roles WHERE rolname = %s"
+_SQL_RESET_CLAIMS = (
+    "UPDATE public.mcp_oauth_tokens SET refresh_claimed_until = NULL, refresh_claimed_by = NULL"
+    " WHERE refresh_claimed_until IS NOT NULL"
+)
+_SQL_CLEANUP_BATCH = """
+DELETE FROM public.user_sessions
+ WHERE id IN (SELECT id FROM public.user_sessions
+               WHERE expires_at <= now()
+               ORDER BY expires_at
+               LIMIT %s
+                 FOR UPDATE SKIP LOCKED)
+"""
+_SQL_MAX_LOCK_WAIT = """
+SELECT coalesce(max(extract(epoch FROM clock_timestamp() - waitstart)), 0)::float8
+  FROM pg_catalog.pg_locks
+ WHERE NOT granted AND waitstart IS NOT NULL
+"""
+_SQL_DECRYPT_ALL = """
+SELECT count(public.decrypt_token(bearer_token, %s))
+  FROM public.mcp_configurations
+ WHERE bearer_token IS NOT NULL
+"""
+_SQL_NO_PARALLEL = "SET max_parallel_workers_per_gather = 0"
+_SQL_EXPIRED = "SELECT count(*) FROM public.user_sessions WHERE expires_at <= now()"
+_SQL_SERVER_VERSION = "SHOW server_version"
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def url_with(base: str, **parts: str) -> str:
+    params = {k: str(v) for k, v in conninfo_to_dict(base).items() if v is not None}
+    params.update(parts)
+    return make_conninfo("", **params)
+
+
+@dataclass
+class Server:
+    """Where the benchmark runs: a superuser conninfo and, maybe, our own cluster."""
+
+    superuser: str
+    cluster: LocalCluster | None = None
+    tmp: Path | None = None
+    login_password: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    def url(self, dbname: str, login: str | None = None) -> str:
+        if login is None:
+            return url_with(self.superuser, dbname=dbname)
+        return url_with(self.superuser, dbname=dbname, user=login, password=self.login_password)
+
+    def libpq_env(self, dbname: str, login: str) -> dict[str, str]:
+        params = conninfo_to_dict(self.url(dbname, login))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env |= {
+            "PGHOST": str(params.get("host", "127.0.0.1")),
+            "PGPORT": str(params.get("port", "5432")),
+            "PGDATABASE": dbname,
+            "PGUSER": login,
+            "PGPASSWORD": self.login_password,
+        }
+        return env
+
+
+@contextlib.contextmanager
+def server_for(args: argparse.Namespace, big: Scale) -> Iterator[Server]:
+    if args.database_url:
+        yield Server(superuser=args.database_url)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="agentapi-bench-"))
+    tmp.chmod(0o755)
+    shared = "2GB" if big.sessions >= 500_000 else "256MB"
+    cluster = LocalCluster(
+        tmp / "cluster",
+        fast=True,
+        settings={
+            "shared_buffers": f"'{shared}'",
+            "max_wal_size": "'8GB'",
+            "checkpoint_timeout": "'30min'",
+            "log_lock_waits": "on",
+            "deadlock_timeout": "'100ms'",
+            "jit": "off",
+        },
+    )
+    try:
+        cluster.init()
+        cluster.start()
+        yield Server(superuser=cluster.dsn(), cluster=cluster, tmp=tmp)
+    finally:
+        cluster.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_logins(server: Server) -> None:
+    with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+        for login, group, bypass in (
+            (APP_LOGIN, "agentapi_app", False),
+            (FILTER_LOGIN, "agentapi_service", True),
+        ):
+            verb = "ALTER" if conn.execute(_SQL_ROLE_EXISTS, (login,)).fetchone() else "CREATE"
+            attrs = "LOGIN NOSUPERUSER BYPASSRLS" if bypass else "LOGIN NOSUPERUSER NOBYPASSRLS"
+            conn.execute(
+                sql.SQL("{} ROLE {} " + attrs + " PASSWORD {}").format(
+                    sql.SQL(verb), sql.Identifier(login), sql.Literal(server.login_password)
+                )
+            )
+            conn.execute(
+                sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(login))
+            )
+
+
+def psql(server: Server, dbname: str, path: Path) -> None:
+    tool = str(find_binaries().tool("psql"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    result = subprocess.run(
+        [tool, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.url(dbname), "-f", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=900,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"psql -f {path} failed:\n{result.stdout}{result.stderr}")
+
+
+def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[str, int], float]:
+    name = f"agentapi_bench_{re.sub(r'[^a-z0-9]', '_', scale.name.lower())}"
+    with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    psql(server, name, SCHEMA_SQL)
+    ensure_logins(server)
+    counts, seconds = generate(server.url(name), scale, key)
+    return name, counts.as_dict(), seconds
+
+
+# ---------------------------------------------------------------------------- pgbench
+
+
+@dataclass
+class Case:
+    label: str
+    dbname: str
+    script: str
+    login: str
+    variables: dict[str, str]
+
+
+def pgbench(
+    server: Server,
+    case: Case,
+    *,
+    transactions: int | None = None,
+    seconds: int | None = None,
+    clients: int = 1,
+) -> list[float]:
+    """Run pgbench once; the per-transaction latencies in milliseconds."""
+    tool = str(find_binaries().tool("pgbench"))
+    with tempfile.TemporaryDirectory(prefix="agentapi-pgbench-") as logdir:
+        argv = [
+            tool,
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(clients),
+            "-f",
+            str(SQL_DIR / case.script),
+            "--log",
+            f"--log-prefix={logdir}/tx",
+        ]
+        argv += ["-t", str(transactions)] if transactions else ["-T", str(seconds or 10)]
+        for name, value in case.variables.items():
+            argv += ["-D", f"{name}={value}"]
+        result = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=3600,
+            env=server.libpq_env(case.dbname, case.login),
+        )
+        if result.returncode != 0 or "aborted" in result.stderr:
+            redacted = result.stderr.replace(case.variables.get("key", "\0"), "<key>")
+            raise RuntimeError(
+                f"pgbench {case.label} failed (exit {result.returncode}):\n{redacted}"
+            )
+        latencies: list[float] = []
+        for path in Path(logdir).glob("tx*"):
+            for line in path.read_text(encoding="ascii").splitlines():
+                fields = line.split()
+                if len(fields) >= 6:
+                    latencies.append(int(fields[2]) / 1000.0)
+    return latencies
+
+
+@dataclass
+class Stats:
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+
+    def add(self, latencies: Sequence[float]) -> None:
+        self.p50.append(percentile(latencies, 0.50))
+        self.p99.append(percentile(latencies, 0.99))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "p50_ms": statistics.median(self.p50),
+            "p99_ms": statistics.median(self.p99),
+            "rounds": len(self.p50),
+        }
+
+
+def interleaved(
+    server: Server, cases: list[Case], rounds: int, transactions: int
+) -> dict[str, Stats]:
+    """Each round runs every case once (order rotating); per-round p50/p99 per case."""
+    stats = {c.label: Stats() for c in cases}
+    for c in cases:  # warm-up: caches, prepared plans, the first round's bias
+        pgbench(server, c, transactions=max(50, transactions // 5))
+    for r in range(rounds):
+        order = cases[r % len(cases) :] + cases[: r % len(cases)]
+        if r % 2:
+            order = order[::-1]
+        for c in order:
+            stats[c.label].add(pgbench(server, c, transactions=transactions))
+        log(
+            f"round {r + 1}/{rounds}: "
+            + ", ".join(f"{c.label} {stats[c.label].p50[-1]:.3f}" for c in cases)
+        )
+    return stats
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def same_rows(
+    server: Server,
+    dbname: str,
+    form_a: str,
+    form_b: str,
+    pairs: list[tuple[int, int]],
+    variables: dict[str, Any],
+    samples: int,
+) -> dict[str, int]:
+    """Run both forms for the same random draws; compare the rows of statement pairs."""
+    sa, sb = parse_script(SQL_DIR / form_a), parse_script(SQL_DIR / form_b)
+    checked = rows = 0
+    with (
+        psycopg.connect(server.url(dbname, APP_LOGIN), autocommit=True) as ca,
+        psycopg.connect(server.url(dbname, FILTER_LOGIN), autocommit=True) as cb,
+    ):
+        for i in range(samples):
+            va = dict(variables)
+            draw(sa, va, random.Random(i))
+            vb = dict(variables)
+            draw(sb, vb, random.Random(i))
+            ra, rb = run_script(ca, sa, va), run_script(cb, sb, vb)
+            for ia, ib in pairs:
+                if ra[ia] != rb[ib]:
+                    raise AssertionError(
+                        f"{form_a} and {form_b} differ (draw {i}, statements {ia}/{ib}): "
+                        f"{len(ra[ia])} rows against {len(rb[ib])}"
+                    )
+                checked += 1
+                rows += len(ra[ia])
+    return {"statements_compared": checked, "rows_compared": rows}
+
+
+# ---------------------------------------------------------------------------- library
+
+
+def library_vs_raw(
+    server: Server, dbname: str, key: str, users: int, rounds: int, iterations: int
+) -> dict[str, float]:
+    from uuid import UUID
+
+    from psycopg.types.json import Jsonb
+
+    from agentapi_db import Database, EncryptionKey
+    from agentapi_db import queries as Q
+
+    url = server.url(dbname, APP_LOGIN)
+    ekey = EncryptionKey.parse(key)
+    rng = random.Random(7)
+
+    def ids(u: int) -> tuple[UUID, UUID]:
+        import hashlib
+
+        return (
+            UUID(hashlib.md5(f"u{u}".encode()).hexdigest()),  # noqa: S324 - ids, not security
+            UUID(hashlib.md5(f"s{u}".encode()).hexdigest()),  # noqa: S324
+        )
+
+    def via_library(db: Any, u: int) -> int:
+        uid, sid = ids(u)
+        with db.as_user(uid) as tx:
+            tx.sessions.get(sid)
+            configs = tx.mcp.list_effective(decrypt=True)
+            prompts = tx.prompts.list_effective()
+            tx.audit.log(
+                "session.start",
+                "user_session",
+                resource_id=sid,
+                ip_address="127.0.0.1",
+                user_agent="bench",
+            )
+        return len(configs) + len(prompts)
+
+    def via_raw(conn: psycopg.Connection[Any], u: int) -> int:
+        uid, sid = ids(u)
+        with conn.transaction():
+            conn.execute(Q.CONTEXT_AS_USER, {"user_id": str(uid)})
+            conn.execute(Q.SESSION_GET, {"id": sid}).fetchone()
+            configs = conn.execute(
+                Q.MCP_LIST_EFFECTIVE, {"user_id": uid, "decrypt": True, "key": key, "old_key": None}
+            ).fetchall()
+            prompts = conn.execute(Q.PROMPT_EFFECTIVE, {"user_id": uid}).fetchall()
+            conn.execute(
+                Q.AUDIT_LOG,
+                {
+                    "user_id": None,
+                    "organization_id": None,
+                    "action": "session.start",
+                    "resource_type": "user_session",
+                    "resource_id": str(sid),
+                    "details": Jsonb({}),
+                    "ip_address": "127.0.0.1",
+                    "user_agent": "bench",
+                    "success": True,
+                    "error_message": None,
+                },
+            ).fetchone()
+        return len(configs) + len(prompts)
+
+    lib_stats, raw_stats = Stats(), Stats()
+    with (
+        Database(url, key=ekey, min_size=1, max_size=1) as db,
+        psycopg.connect(url, autocommit=False, prepare_threshold=None) as conn,
+    ):
+        for u in (1, 2, 3):
+            if via_library(db, u) != via_raw(conn, u):
+                raise AssertionError("library and raw psycopg returned different row counts")
+        for _ in range(rounds):
+            runners: list[tuple[Callable[[int], int], Stats]] = [
+                (lambda u: via_library(db, u), lib_stats),
+                (lambda u: via_raw(conn, u), raw_stats),
+            ]
+            for fn, stats in runners:
+                lat = []
+                for _ in range(iterations):
+                    u = rng.randint(1, users)
+                    t0 = time.perf_counter()
+                    fn(u)
+                    lat.append((time.perf_counter() - t0) * 1000)
+                stats.add(lat)
+    lib, raw = lib_stats.summary(), raw_stats.summary()
+    return {
+        "library_p50_ms": lib["p50_ms"],
+        "raw_p50_ms": raw["p50_ms"],
+        "library_p99_ms": lib["p99_ms"],
+        "raw_p99_ms": raw["p99_ms"],
+        "library_vs_raw_p50": lib["p50_ms"] / raw["p50_ms"],
+    }
+
+
+# ---------------------------------------------------------------------------- workload 3
+
+
+def claim_check(
+    server: Server, dbname: str, key: str, workers: int = 2, claims: int = 5
+) -> dict[str, int]:
+    """Workers claim concurrently through agentapi_db.refresh; no token twice."""
+    from datetime import timedelta
+
+    from agentapi_db import EncryptionKey
+    from agentapi_db.refresh import claim_expiring
+
+    ekey = EncryptionKey.parse(key)
+    got: list[list[str]] = [[] for _ in range(workers)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
+
+    def work(i: int) -> None:
+        try:
+            with psycopg.connect(server.url(dbname, FILTER_LOGIN)) as conn:
+                barrier.wait()
+                for _ in range(claims):
+                    for c in claim_expiring(
+                        conn, worker_id=f"bench-{i}", key=ekey, within=timedelta(days=1), limit=100
+                    ):
+                        got[i].append(str(c.id))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    every = [x for g in got for x in g]
+    return {"claimed": len(every), "double_claims": len(every) - len(set(every))}
+
+
+def reset_claims(server: Server, dbname: str) -> None:
+    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+        conn.execute(_SQL_RESET_CLAIMS)
+
+
+# ---------------------------------------------------------------------------- cleanup
+
+
+def cleanup_under_load(server: Server, case: Case, seconds: int, batch: int) -> dict[str, float]:
+    """Workload 1's p99 alone, then while expired sessions are deleted in batches."""
+    base = pgbench(server, case, seconds=seconds)
+    with psycopg.connect(server.url(case.dbname), autocommit=True) as conn:
+        row = conn.execute(_SQL_EXPIRED).fetchone()
+        expired_before = int(row[0]) if row else 0
+    stop = threading.Event()
+    deleted = [0]
+    batches = [0]
+    max_wait = [0.0]
+    delete_seconds = [0.0]
+
+    def deleter() -> None:
+        with psycopg.connect(server.url(case.dbname, FILTER_LOGIN), autocommit=True) as conn:
+            t0 = time.perf_counter()
+            while not stop.is_set():
+                n = conn.execute(_SQL_CLEANUP_BATCH, (batch,)).rowcount
+                if n <= 0:
+                    break
+                deleted[0] += n
+                batches[0] += 1
+                time.sleep(0.01)  # let the load breathe between batches
+            delete_seconds[0] = time.perf_counter() - t0
+
+    def sampler() -> None:
+        with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
+            while not stop.is_set():
+                row = conn.execute(_SQL_MAX_LOCK_WAIT).fetchone()
+                max_wait[0] = max(max_wait[0], float(row[0]) if row else 0.0)
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=deleter), threading.Thread(target=sampler)]
+    for t in threads:
+        t.start()
+    try:
+        during = pgbench(server, case, seconds=seconds)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    p99_base, p99_during = percentile(base, 0.99), percentile(during, 0.99)
+    return {
+        "p99_without_ms": p99_base,
+        "p99_during_ms": p99_during,
+        "p50_without_ms": percentile(base, 0.5),
+        "p50_during_ms": percentile(during, 0.5),
+        "cleanup_p99_ratio": p99_during / p99_base,
+        "expired_before": expired_before,
+        "deleted": deleted[0],
+        "batches": batches[0],
+        "batch_size": batch,
+        "delete_seconds": delete_seconds[0],
+        "max_lock_wait_s": max_wait[0],
+    }
+
+
+# ---------------------------------------------------------------------------- decrypt
+
+
+def decrypt_throughput(server: Server, dbname: str, key: str) -> dict[str, float]:
+    """Decrypt every bearer token in one backend (no parallel workers)."""
+    from pgscript import backend_cpu_ns
+
+    with psycopg.connect(server.url(dbname, FILTER_LOGIN), autocommit=True) as conn:
+        conn.execute(_SQL_NO_PARALLEL)
+        pid = conn.info.backend_pid
+        conn.execute(_SQL_DECRYPT_ALL, (key,))  # warm
+        cpu0, t0 = backend_cpu_ns(pid), time.perf_counter()
+        row = conn.execute(_SQL_DECRYPT_ALL, (key,)).fetchone()
+        wall, cpu = time.perf_counter() - t0, (backend_cpu_ns(pid) - cpu0) / 1e9
+    n = int(row[0]) if row else 0
+    return {
+        "tokens": n,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tokens_per_s_wall": n / wall,
+        "tokens_per_s_cpu": n / cpu if cpu else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------------- main run
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def w1_vars(scale: Scale, key: str) -> dict[str, str]:
+    return {"nusers": str(scale.users), "key": key}
+
+
+def w2_vars(scale: Scale) -> dict[str, str]:
+    return {"nusers": str(scale.users), "norgs": str(scale.orgs), "nadmins": str(scale.users // 50)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    big = scale_named(args.scale or ("1pct" if quick else "full"))
+    small = scale_named(str(big.fraction / 100)) if not quick else scale_named("0.002")
+    small = Scale(
+        "1pct-of-" + big.name if not quick else "quick-small",
+        small.orgs,
+        small.users,
+        small.sessions,
+        small.audit_events,
+    )
+    rounds = args.rounds or (2 if quick else 7)
+    tx = 60 if quick else 1500
+    key = secrets.token_hex(32)
+    out: dict[str, Any] = {
+        "quick": quick,
+        "machine": machine(),
+        "scales": {"big": big.name, "small": small.name},
+    }
+    started = time.perf_counter()
+    with server_for(args, big) as server:
+        with psycopg.connect(server.url("postgres")) as conn:
+            row = conn.execute(_SQL_SERVER_VERSION).fetchone()
+            out["machine"]["postgresql"] = str(row[0]) if row else "?"
+        dbs: dict[str, str] = {}
+        rows: dict[str, dict[str, int]] = {}
+        load: dict[str, float] = {}
+        for scale in (small, big):
+            log(f"loading {scale.name}: {scale}")
+            dbs[scale.name], rows[scale.name], load[scale.name] = create_database(
+                server, scale, key
+            )
+            log(f"loaded {scale.name} in {load[scale.name]:.1f}s: {rows[scale.name]}")
+        out["rows"] = rows[big.name]
+        out["rows_small"] = rows[small.name]
+        out["load_seconds"] = load
+
+        # Same rows in both forms (w1: session, configs, prompts; w2: both pages).
+        out["same_rows"] = {
+            "w1": same_rows(
+                server,
+                dbs[big.name],
+                "w1_rls.sql",
+                "w1_filter.sql",
+                [(2, 1), (3, 2), (4, 3)],
+                w1_vars(big, key),
+                10 if quick else 50,
+            ),
+            "w2": same_rows(
+                server,
+                dbs[big.name],
+                "w2_rls.sql",
+                "w2_filter.sql",
+                [(2, 1), (3, 2)],
+                w2_vars(big),
+                10 if quick else 50,
+            ),
+        }
+        log(f"same rows: {out['same_rows']}")
+
+        cases = []
+        for scale in (big, small):
+            db = dbs[scale.name]
+            cases += [
+                Case(f"w1_rls@{scale.name}", db, "w1_rls.sql", APP_LOGIN, w1_vars(scale, key)),
+                Case(
+                    f"w1_filter@{scale.name}",
+                    db,
+                    "w1_filter.sql",
+                    FILTER_LOGIN,
+                    w1_vars(scale, key),
+                ),
+                Case(f"w2_rls@{scale.name}", db, "w2_rls.sql", APP_LOGIN, w2_vars(scale)),
+                Case(f"w2_filter@{scale.name}", db, "w2_filter.sql", FILTER_LOGIN, w2_vars(scale)),
+            ]
+        stats = interleaved(server, cases, rounds, tx)
+        lat = {label: s.summary() for label, s in stats.items()}
+        out["latency"] = lat
+        b, s = big.name, small.name
+
+        def ratio(a: str, c: str, k: str) -> float:
+            return float(lat[a][k] / lat[c][k])
+
+        out["rls_vs_filter_p50"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p50_ms")
+        out["rls_vs_filter_p99"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p99_ms")
+        out["w2_rls_vs_filter_p50"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p50_ms")
+        out["w2_rls_vs_filter_p99"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p99_ms")
+        out["scale_full_vs_1pct_p50_w1"] = ratio(f"w1_rls@{b}", f"w1_rls@{s}", "p50_ms")
+        out["scale_full_vs_1pct_p50_w2"] = ratio(f"w2_rls@{b}", f"w2_rls@{s}", "p50_ms")
+        out["scale_full_vs_1pct_p50"] = max(
+            out["scale_full_vs_1pct_p50_w1"], out["scale_full_vs_1pct_p50_w2"]
+        )
+
+        # Server CPU per transaction (barely disturbed by other load on the machine).
+        cpu: dict[str, list[float]] = {"w1_rls": [], "w1_filter": []}
+        n_cpu = 40 if quick else 300
+        for _ in range(3 if quick else 5):
+            for form, login in (("w1_rls", APP_LOGIN), ("w1_filter", FILTER_LOGIN)):
+                value = server_cpu_per_tx(
+                    server.url(dbs[b], login),
+                    parse_script(SQL_DIR / f"{form}.sql"),
+                    w1_vars(big, key),
+                    n_cpu,
+                )
+                if value is not None:
+                    cpu[form].append(value)
+        if cpu["w1_rls"] and cpu["w1_filter"]:
+            out["server_cpu_us_per_tx"] = {k: statistics.median(v) for k, v in cpu.items()}
+            out["rls_vs_filter_server_cpu"] = (
+                out["server_cpu_us_per_tx"]["w1_rls"] / out["server_cpu_us_per_tx"]["w1_filter"]
+            )
+        log(f"server CPU per tx: {out.get('server_cpu_us_per_tx')}")
+
+        # Workload 3: refresh claims, 2 concurrent workers.
+        reset_claims(server, dbs[b])
+        w3 = Case("w3_claim", dbs[b], "w3_claim.sql", FILTER_LOGIN, {"key": key})
+        claims = pgbench(server, w3, transactions=5 if quick else 40, clients=2)
+        reset_claims(server, dbs[b])
+        out["w3"] = {
+            "p50_ms": percentile(claims, 0.5),
+            "p99_ms": percentile(claims, 0.99),
+            "transactions": len(claims),
+            **claim_check(server, dbs[b], key),
+        }
+        reset_claims(server, dbs[b])
+        log(f"w3: {out['w3']}")
+
+        # Library against raw psycopg.
+        out["library"] = library_vs_raw(
+            server,
+            dbs[b],
+            key,
+            big.users,
+            rounds=3 if quick else 7,
+            iterations=30 if quick else 300,
+        )
+        out["library_vs_raw_p50"] = out["library"]["library_vs_raw_p50"]
+        log(f"library: {out['library']}")
+
+        out["decrypt"] = decrypt_throughput(server, dbs[b], key)
+        out["decrypt_tokens_per_s"] = out["decrypt"]["tokens_per_s_cpu"]
+        log(f"decrypt: {out['decrypt']}")
+
+        # Last: it deletes the expired sessions.
+        out["cleanup"] = cleanup_under_load(
+            server, cases[0], seconds=3 if quick else 30, batch=1000 if quick else 5000
+        )
+        out["cleanup_p99_ratio"] = out["cleanup"]["cleanup_p99_ratio"]
+        out["cleanup_max_lock_wait_s"] = out["cleanup"]["max_lock_wait_s"]
+        log(f"cleanup: {out['cleanup']}")
+    out["total_seconds"] = time.perf_counter() - started
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def report_table(res: dict[str, Any]) -> str:
+    """The Markdown results section of bench/README.md."""
+    lat = res["latency"]
+    b, s = res["scales"]["big"], res["scales"]["small"]
+    m, rows, cl, w3, lib = res["machine"], res["rows"], res["cleanup"], res["w3"], res["library"]
+    cpu = res.get("server_cpu_us_per_tx", {})
+    load = res["load_seconds"][b]
+    lines = [
+        f"Measured {res.get('measured_at', '?')} on: {m['cpu']}, {m['cores']} cores, "
+        f"{m['memory']} RAM, {m['os']}, PostgreSQL {m.get('postgresql', '?')}, "
+        f"Python {m['python']}; a throwaway cluster with fsync off "
+        "(`LocalCluster(fast=True)`). The machine was shared with other work while this ran: "
+        "wall-clock figures are noisy, the server-CPU figure much less so.",
+        "",
+        f"Data ({b}): {rows['organizations']:,} organizations, {rows['users']:,} users, "
+        f"{rows['user_sessions']:,} sessions ({rows['expired_sessions']:,} expired), "
+        f"{rows['mcp_configurations']:,} MCP configs "
+        f"({rows['encrypted_bearer_tokens']:,} encrypted bearer tokens), "
+        f"{rows['mcp_oauth_tokens']:,} OAuth tokens, {rows['system_prompts']:,} prompts, "
+        f"{rows['audit_logs']:,} audit events; generated and loaded in {load:.0f} s.",
+        "",
+        _row("workload", "form", "p50 ms", "p99 ms"),
+        _row("---", "---", "---", "---"),
+    ]
+    for w in ("w1", "w2"):
+        for scale in (b, s):
+            for form, name in (("rls", "(a) RLS"), ("filter", "(b) filter")):
+                k = lat[f"{w}_{form}@{scale}"]
+                lines.append(
+                    _row(f"{w} @ {scale}", name, _fmt(k["p50_ms"], 3), _fmt(k["p99_ms"], 3))
+                )
+    lines += [
+        _row("w3 claim 100, 2 workers", "service", _fmt(w3["p50_ms"], 3), _fmt(w3["p99_ms"], 3)),
+        _row(
+            "w1 via the library",
+            "(a) RLS",
+            _fmt(lib["library_p50_ms"], 3),
+            _fmt(lib["library_p99_ms"], 3),
+        ),
+        _row(
+            "w1 via raw psycopg", "(a) RLS", _fmt(lib["raw_p50_ms"], 3), _fmt(lib["raw_p99_ms"], 3)
+        ),
+    ]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    rls = res["rls_vs_filter_p50"]
+    scale_ratio = res["scale_full_vs_1pct_p50"]
+    lines += [
+        "",
+        _row("target", "measured", "verdict"),
+        _row("---", "---", "---"),
+        _row(
+            "RLS ÷ filter, w1, p50 ≤ 1.10",
+            f"{_fmt(rls)} (p99 {_fmt(res['rls_vs_filter_p99'])})",
+            verdict(rls <= 1.10),
+        ),
+    ]
+    if cpu:
+        lines.append(
+            _row(
+                "(server CPU per w1 transaction, RLS ÷ filter)",
+                f"{_fmt(res['rls_vs_filter_server_cpu'])} "
+                f"({cpu['w1_rls']:.0f} µs ÷ {cpu['w1_filter']:.0f} µs)",
+                "",
+            )
+        )
+    lines += [
+        _row("(w2 admin pages, RLS ÷ filter, p50)", _fmt(res["w2_rls_vs_filter_p50"]), ""),
+        _row(
+            "library ÷ raw psycopg, p50 ≤ 1.25",
+            _fmt(res["library_vs_raw_p50"]),
+            verdict(res["library_vs_raw_p50"] <= 1.25),
+        ),
+        _row(
+            "full ÷ 1% scale, p50 of w1 and w2 ≤ 1.3",
+            f"w1 {_fmt(res['scale_full_vs_1pct_p50_w1'])}, "
+            f"w2 {_fmt(res['scale_full_vs_1pct_p50_w2'])}",
+            verdict(scale_ratio <= 1.3),
+        ),
+        _row(
+            "cleanup: w1 p99 rises at most 2 times",
+            f"{_fmt(res['cleanup_p99_ratio'])} ({cl['deleted']:,} rows deleted in "
+            f"{cl['batches']} batches of {cl['batch_size']:,})",
+            verdict(res["cleanup_p99_ratio"] <= 2.0),
+        ),
+        _row(
+            "cleanup: no lock wait over 1 s",
+            f"longest seen {_fmt(cl['max_lock_wait_s'], 3)} s",
+            verdict(cl["max_lock_wait_s"] <= 1.0),
+        ),
+        _row(
+            "decryption ≥ 50,000 tokens/s on one core",
+            f"{res['decrypt_tokens_per_s']:,.0f}/s of CPU "
+            f"({res['decrypt']['tokens_per_s_wall']:,.0f}/s wall)",
+            verdict(res["decrypt_tokens_per_s"] >= 50_000),
+        ),
+        _row("full scale loads in < 5 min", f"{load:.0f} s", verdict(load < 300)),
+        _row(
+            "both forms return the same rows",
+            f"w1 {res['same_rows']['w1']['statements_compared']} and "
+            f"w2 {res['same_rows']['w2']['statements_compared']} statement results compared",
+            "met",
+        ),
+        _row(
+            "no token claimed twice",
+            f"{w3['claimed']:,} claims, {w3['double_claims']} twice",
+            verdict(w3["double_claims"] == 0),
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = res["latency"]
+    b, s = res["scales"]["big"], res["scales"]["small"]
+    xs = [res["rows_small"]["user_sessions"], res["rows"]["user_sessions"]]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for w, name in (("w1", "w1 session start"), ("w2", "w2 admin pages")):
+        for form, style in (("rls", "-o"), ("filter", "--s")):
+            ys = [lat[f"{w}_{form}@{s}"]["p50_ms"], lat[f"{w}_{form}@{b}"]["p50_ms"]]
+            ax.plot(xs, ys, style, label=f"{name}, {'(a) RLS' if form == 'rls' else '(b) filter'}")
+    ax.set_xscale("log")
+    ax.set_xlabel("sessions in the database (log scale)")
+    ax.set_ylabel("p50 latency per transaction (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("agentapi-db: latency against data scale (pgbench, -M prepared)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+BEGIN_MARK = "<!-- results:begin (written by python bench/run.py --report) -->"
+END_MARK = "<!-- results:end -->"
+
+
+def write_report(res: dict[str, Any]) -> None:
+    text = README.read_text(encoding="utf-8") if README.exists() else f"{BEGIN_MARK}\n{END_MARK}\n"
+    if BEGIN_MARK not in text or END_MARK not in text:
+        text += f"\n{BEGIN_MARK}\n{END_MARK}\n"
+    head, rest = text.split(BEGIN_MARK, 1)
+    _, tail = rest.split(END_MARK, 1)
+    body = report_table(res) + f"\n\n![latency against scale]({PLOT.name})\n"
+    README.write_text(f"{head}{BEGIN_MARK}\n{body}{END_MARK}{tail}", encoding="utf-8")
+    plot(res, PLOT)
+
+
+JSON_KEYS = (
+    "rls_vs_filter_p50",
+    "rls_vs_filter_p99",
+    "library_vs_raw_p50",
+    "scale_full_vs_1pct_p50",
+    "cleanup_p99_ratio",
+    "decrypt_tokens_per_s",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run (< 60 s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write bench/results.json, the README table and the plot",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the README table and plot from bench/results.json",
+    )
+    parser.add_argument("--scale", help="full (default), 10pct, 1pct or a fraction of full")
+    parser.add_argument("--database-url", help="a superuser URL of an existing server")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7; quick 2)")
+    args = parser.parse_args(argv)
+    if args.report_only:
+        write_report(json.loads(RESULTS_JSON.read_text(encoding="utf-8")))
+        return 0
+    res = run(args)
+    res["measured_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.report:
+        RESULTS_JSON.write_text(json.dumps(res, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_report(res)
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+    else:
+        for k in JSON_KEYS:
+            print(f"{k}: {res[k]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+-- Workload 1, form (a): session start as agentapi_app under row-level security.
+-- The statements of agentapi_db (queries.py) for as_user(), sessions.get,
+-- mcp.list_effective(decrypt=True), prompts.list_effective and audit.log, with
+-- the library's constant parameters folded in (decrypt = true, old_key = NULL).
+-- Variables: :nusers, :key (a bind parameter under -M prepared).
+\set u random(1, :nusers)
+BEGIN;
+SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', md5('u' || :u)::uuid::text, true);
+SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
+       created_at, expires_at, last_active_at
+  FROM public.user_sessions
+ WHERE id = md5('s' || :u)::uuid;
+SELECT DISTINCT ON (v.name)
+       v.id, v.organization_id, v.user_id, v.name, v.type, v.endpoint, v.command, v.args,
+       v.env, v.auth_type, v.oauth_provider, v.enabled, v.created_at, v.updated_at,
+       v.bearer_token IS NOT NULL AS has_bearer_token,
+       v.organization_name, v.organization_slug, v.user_email, v.config_scope,
+       public.decrypt_token(v.bearer_token, :key) AS bearer_token
+  FROM public.effective_mcp_configurations AS v
+  JOIN public.users AS u ON u.id = md5('u' || :u)::uuid AND u.organization_id = v.organization_id
+ WHERE v.user_id IS NULL OR v.user_id = u.id
+ ORDER BY v.name, v.user_id NULLS LAST;
+SELECT p.id, p.scope, p.organization_id, p.user_id, p.content, p.priority, p.template,
+       p.created_at, p.precedence
+  FROM public.users AS u
+ CROSS JOIN LATERAL public.get_effective_system_prompts(u.id, u.organization_id) AS p
+ WHERE u.id = md5('u' || :u)::uuid
+ ORDER BY p.precedence;
+SELECT public.log_audit_event(agentapi_auth.user_id(), agentapi_auth.organization_id(),
+           'session.start', 'user_session', md5('s' || :u)::uuid::text, '{}'::jsonb,
+           '127.0.0.1'::inet, 'pgbench', true, NULL) AS id;
+COMMIT;

@@ -1,0 +1,24 @@
+-- Workload 2, form (a): admin pages as agentapi_app under row-level security.
+-- Page 10 of the organization's active sessions by keyset (the library's
+-- SESSION_LIST_ACTIVE shape; the cursor comes from bench.admin_cursor), then
+-- page 1 of the organization's audit events of the last 7 days (AUDIT_QUERY
+-- shape, 50 rows + 1 to know whether a next page exists).
+-- Variables: :nadmins (admins are users 50, 100, ...).
+\set a random(1, :nadmins)
+\set u 50 * :a
+BEGIN;
+SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', md5('u' || :u)::uuid::text, true);
+SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
+       created_at, expires_at, last_active_at,
+       user_email, user_role, organization_name, organization_slug
+  FROM public.active_user_sessions
+ WHERE (created_at, id) < (SELECT c.created_at, c.id FROM bench.admin_cursor AS c WHERE c.u = :u)
+ ORDER BY created_at DESC, id DESC
+ LIMIT 50;
+SELECT id, "timestamp", user_id, organization_id, action, resource_type, resource_id, details,
+       host(ip_address) AS ip_address, user_agent, success, error_message
+  FROM public.audit_logs
+ WHERE "timestamp" >= now() - interval '7 days'
+ ORDER BY "timestamp" DESC, id DESC
+ LIMIT 51;
+COMMIT;
