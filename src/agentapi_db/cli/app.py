@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from enum import IntEnum
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
-import click
 import psycopg
 import typer
 from rich.console import Console
@@ -268,7 +267,7 @@ def cli_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+    except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
         raise
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
