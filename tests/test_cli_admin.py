@@ -409,3 +409,21 @@ def test_keygen_prints_a_fresh_valid_key() -> None:
     assert doc["key"] != key
     parsed = EncryptionKey.parse(doc["key"])
     assert parsed.fingerprint == doc["fingerprint"]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["org", "create", "--name", "A", "--slug", "a", "--admin-email", "a@a.test"],
+        ["user", "add", "--org", "acme", "--email", "a@a.test"],
+        ["sessions", "cleanup"],
+        ["audit", "tail"],
+        ["audit", "export"],
+        ["prompts", "show", "--user", "00000000-0000-0000-0000-000000000000"],
+    ],
+)
+def test_unreachable_database_is_exit_3(command: list[str]) -> None:
+    started = time.monotonic()
+    result = run_cli(*command, "--database-url", "postgresql://nobody@127.0.0.1:1/nothing")
+    assert_clean_error(result, 3, "connection")
+    assert time.monotonic() - started < 20  # fails fast, not after the pool's timeout
