@@ -57,6 +57,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
+from agentapi_db.errors import AgentApiDbError
 from agentapi_db.resources import schema_sql_path, sql_dir
 
 __all__ = [
@@ -125,7 +126,7 @@ RESET ROLE;
 """
 
 
-class MigrationError(RuntimeError):
+class MigrationError(AgentApiDbError):
     """Migrations cannot be applied: edited after applying, unknown version, bad file..."""
 
 
