@@ -659,6 +659,20 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_defau
 -- is in its organization by the composite foreign keys), but the planner gets
 -- an index condition on organization_id, so an admin page is an ordered index
 -- range scan of one tenant instead of a bitmap OR and a sort.
+--
+-- Where a policy already requires organization_id = organization_id(), it
+-- compares user_id with requested_user_id() (the parsed app.user_id, an inlined
+-- expression) instead of user_id() (a SECURITY DEFINER lookup, ~3x the cost):
+-- organization_id() is NULL unless app.user_id names an existing, active user,
+-- so the conjunction accepts exactly the rows it accepted with user_id(). A
+-- policy without that organization test must keep user_id().
+--
+-- Considered and rejected (measured, bench/README.md): a per-transaction cache
+-- of (user, organization, role) in a setting, authenticated with a per-session
+-- secret held in currval() of owner-only sequences. Its hit costs ~4 us against
+-- ~6 us for the lookup, but the first call of each transaction (secret, MAC,
+-- set_config) costs ~40 us more, and a session start makes under ten definer
+-- calls: a net loss, for more code that must stay unforgeable.
 -- -----------------------------------------------------------------------------
 
 ALTER TABLE public.organizations      ENABLE ROW LEVEL SECURITY;
@@ -726,7 +740,7 @@ COMMENT ON POLICY users_delete_admin ON public.users IS 'Admins delete users of 
 CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.user_id())
+           AND (user_id = (SELECT agentapi_auth.requested_user_id())
                 OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
 CREATE POLICY user_sessions_insert_own ON public.user_sessions FOR INSERT TO agentapi_app
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
@@ -735,7 +749,7 @@ CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO age
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 CREATE POLICY user_sessions_delete ON public.user_sessions FOR DELETE TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.user_id())
+           AND (user_id = (SELECT agentapi_auth.requested_user_id())
                 OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
 
 COMMENT ON POLICY user_sessions_owner ON public.user_sessions IS 'The owner sees and changes every session.';
@@ -749,7 +763,7 @@ COMMENT ON POLICY user_sessions_delete ON public.user_sessions IS 'Users delete 
 CREATE POLICY mcp_configurations_owner ON public.mcp_configurations TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY mcp_configurations_select ON public.mcp_configurations FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.user_id())));
+           AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.requested_user_id())));
 CREATE POLICY mcp_configurations_insert ON public.mcp_configurations FOR INSERT TO agentapi_app
     WITH CHECK ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
                 OR user_id = (SELECT agentapi_auth.user_id()));
@@ -784,9 +798,10 @@ COMMENT ON POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens IS
 
 CREATE POLICY system_prompts_owner ON public.system_prompts TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agentapi_app
-    USING ((scope = 'global' AND (SELECT agentapi_auth.user_id()) IS NOT NULL)
+    USING ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
-           OR (scope = 'user' AND user_id = (SELECT agentapi_auth.user_id())));
+           OR (scope = 'user' AND organization_id = (SELECT agentapi_auth.organization_id())
+               AND user_id = (SELECT agentapi_auth.requested_user_id())));
 CREATE POLICY system_prompts_insert ON public.system_prompts FOR INSERT TO agentapi_app
     WITH CHECK (((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
                  OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
@@ -813,11 +828,11 @@ CREATE POLICY audit_logs_owner_select ON public.audit_logs FOR SELECT TO agentap
 CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentapi_owner WITH CHECK (true);
 CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.user_id())
+           AND (user_id = (SELECT agentapi_auth.requested_user_id())
                 OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
 CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi_app
-    WITH CHECK (user_id = (SELECT agentapi_auth.user_id())
-                AND organization_id = (SELECT agentapi_auth.organization_id()));
+    WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id())
+                AND user_id = (SELECT agentapi_auth.requested_user_id()));
 
 COMMENT ON POLICY audit_logs_owner_select ON public.audit_logs IS 'The owner reads every event (no UPDATE or DELETE policy exists for anyone).';
 COMMENT ON POLICY audit_logs_owner_insert ON public.audit_logs IS 'The owner may append events.';
