@@ -42,7 +42,6 @@ never with parameters (they may carry keys or tokens).
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator, Generator, Iterator
 from contextlib import (
@@ -427,21 +426,21 @@ class AsyncDatabase(_DatabaseBase):
 
 
 def _local_database_url() -> str:
-    """The URL of the local cluster (started if needed), via agentapi_db.local."""
+    """The URL of the local cluster (started if needed), via agentapi_db.local.
+
+    Imported here, not at module level: agentapi_db.local builds on the migration
+    runner, which most users of this module never need.
+    """
+    from agentapi_db.cluster import ClusterError
+    from agentapi_db.local import ensure_local_database
+
     try:
-        local = importlib.import_module("agentapi_db.local")
-    except ImportError:
+        return ensure_local_database()
+    except ClusterError as exc:
         raise ConfigurationError(
-            "no database URL configured: set AGENTAPI_DATABASE_URL (or DATABASE_URL); "
-            "the local database support (agentapi_db.local) is not available"
-        ) from None
-    ensure = getattr(local, "ensure_local_database", None)
-    if ensure is None:
-        raise ConfigurationError("agentapi_db.local has no ensure_local_database()")
-    url = ensure()
-    if not isinstance(url, str):
-        raise ConfigurationError("ensure_local_database() did not return a URL")
-    return url
+            "no database URL configured (AGENTAPI_DATABASE_URL or DATABASE_URL) and the "
+            f"local database could not be started: {exc}"
+        ) from exc
 
 
 def _resolve(settings: Settings | None) -> Settings:
