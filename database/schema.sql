@@ -665,7 +665,12 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_defau
 -- expression) instead of user_id() (a SECURITY DEFINER lookup, ~3x the cost):
 -- organization_id() is NULL unless app.user_id names an existing, active user,
 -- so the conjunction accepts exactly the rows it accepted with user_id(). A
--- policy without that organization test must keep user_id().
+-- policy without that organization test must keep user_id(). Likewise the admin
+-- arm is "(SELECT admin_organization_id()) IS NOT NULL" (admin of the organization
+-- already pinned), not "organization_id = admin_organization_id()": an OR of two
+-- indexable tests makes the planner build a BitmapOr and sort the whole tenant,
+-- where a test without a column leaves it the ordered index scan that a keyset
+-- page needs (page 10 of a large tenant's sessions: 50 rows read, not 4,000).
 --
 -- Considered and rejected (measured, bench/README.md): a per-transaction cache
 -- of (user, organization, role) in a setting, authenticated with a per-session
@@ -741,7 +746,7 @@ CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USIN
 CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
+                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
 CREATE POLICY user_sessions_insert_own ON public.user_sessions FOR INSERT TO agentapi_app
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO agentapi_app
@@ -750,7 +755,7 @@ CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO age
 CREATE POLICY user_sessions_delete ON public.user_sessions FOR DELETE TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
+                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
 
 COMMENT ON POLICY user_sessions_owner ON public.user_sessions IS 'The owner sees and changes every session.';
 COMMENT ON POLICY user_sessions_select ON public.user_sessions IS 'Users read their own sessions; admins read every session of their organization.';
@@ -829,7 +834,7 @@ CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentap
 CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR organization_id = (SELECT agentapi_auth.admin_organization_id())));
+                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
 CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi_app
     WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id())
                 AND user_id = (SELECT agentapi_auth.requested_user_id()));
@@ -1386,6 +1391,8 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    base_seq bigint;
+    base_hash bytea;
     prev_seq bigint;
     prev_hash bytea;
 BEGIN
@@ -1395,30 +1402,70 @@ BEGIN
     IF NEW.organization_id IS NULL THEN
         RETURN NEW;
     END IF;
-    SELECT h.last_seq, h.last_hash INTO prev_seq, prev_hash
+    -- The head row lock serializes the organization's writers (re-locking a row
+    -- this transaction already holds is cheap; under REPEATABLE READ a concurrent
+    -- writer makes this fail with a serialization error instead of forking the chain).
+    SELECT h.base_seq, h.base_hash INTO base_seq, base_hash
       FROM public.audit_chain_heads AS h
      WHERE h.organization_id = NEW.organization_id
        FOR UPDATE;
     IF NOT FOUND THEN
         RETURN NEW;
     END IF;
+    -- The previous link is the latest chained event, including rows inserted
+    -- earlier by this same statement (a BEFORE row trigger sees them). The head
+    -- is not updated per row: repeated updates of one row in one transaction make
+    -- every later lookup walk all its versions (quadratic for bulk inserts).
+    SELECT a.chain_seq, a.chain_hash INTO prev_seq, prev_hash
+      FROM public.audit_logs AS a
+     WHERE a.organization_id = NEW.organization_id AND a.chain_seq IS NOT NULL
+     ORDER BY a.chain_seq DESC
+     LIMIT 1;
+    IF NOT FOUND OR prev_seq < base_seq THEN
+        prev_seq := base_seq;  -- nothing chained yet, or retention took all of it
+        prev_hash := base_hash;
+    END IF;
     NEW.chain_seq := prev_seq + 1;
     NEW.chain_hash := pg_catalog.sha256(prev_hash || pg_catalog.convert_to(
         public.audit_chain_event_text(NEW.chain_seq, NEW.id, NEW."timestamp", NEW.user_id,
             NEW.organization_id, NEW.action, NEW.resource_type, NEW.resource_id, NEW.details,
             NEW.ip_address, NEW.user_agent, NEW.success, NEW.error_message), 'UTF8'));
-    UPDATE public.audit_chain_heads
-       SET last_seq = NEW.chain_seq, last_hash = NEW.chain_hash
-     WHERE organization_id = NEW.organization_id;
     RETURN NEW;
 END
 $$;
 
 COMMENT ON FUNCTION public.audit_logs_chain() IS
-    'BEFORE INSERT trigger on audit_logs: links an enrolled organization''s event into its hash chain (locks the chain head until the transaction ends); clears chain columns otherwise.';
+    'BEFORE INSERT row trigger on audit_logs: links an enrolled organization''s event into its hash chain (locks the chain head until the transaction ends); clears chain columns otherwise.';
 
 CREATE TRIGGER audit_logs_chain BEFORE INSERT ON public.audit_logs
     FOR EACH ROW EXECUTE FUNCTION public.audit_logs_chain();
+
+-- Once per INSERT statement: move each chain head to the statement's last link,
+-- so verify-chain can tell when events at the end of a chain went missing.
+CREATE FUNCTION public.audit_logs_chain_advance()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    UPDATE public.audit_chain_heads AS h
+       SET last_seq = t.chain_seq, last_hash = t.chain_hash
+      FROM (SELECT DISTINCT ON (i.organization_id) i.organization_id, i.chain_seq, i.chain_hash
+              FROM inserted AS i
+             WHERE i.chain_seq IS NOT NULL
+             ORDER BY i.organization_id, i.chain_seq DESC) AS t
+     WHERE h.organization_id = t.organization_id AND t.chain_seq > h.last_seq;
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_logs_chain_advance() IS
+    'AFTER INSERT statement trigger on audit_logs: advances each enrolled organization''s chain head to the last event the statement chained.';
+
+CREATE TRIGGER audit_logs_chain_advance AFTER INSERT ON public.audit_logs
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_chain_advance();
 
 -- Enrols an organization in the hash chain; later events are chained. Returns
 -- false if it already was. There is deliberately no way to leave the chain.

@@ -37,6 +37,8 @@ _FORGE_AS_SERVICE = (
     " VALUES (%s, 'forged', 'x', 999, sha256('x')) RETURNING chain_seq, chain_hash"
 )
 _AS_SERVICE = "SET LOCAL ROLE agentapi_service"
+_REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+_SNAPSHOT_NOW = "SELECT count(*) FROM audit_logs"
 _APP_FORGE = (
     "INSERT INTO audit_logs (user_id, organization_id, action, resource_type, chain_seq)"
     " VALUES (%s, %s, 'x', 'y', 1)"
@@ -172,3 +174,34 @@ def test_cli_enable_and_verify_chain(db: TestDatabase) -> None:
     assert "9" in out.stdout and str(event_id) in out.stdout
     missing = run_cli("audit", "verify-chain", "--org", "nope", env=env)
     assert missing.code == 2, missing.stdout + missing.stderr
+
+
+def test_bulk_and_multi_statement_inserts_chain_in_order(db: TestDatabase) -> None:
+    tenant = _enrolled(db, "bulk")
+    service_events(db, tenant, 500)  # one INSERT ... SELECT of 500 rows
+    with db.connect(SERVICE_LOGIN) as conn:  # several statements in one transaction
+        conn.execute(_AS_SERVICE)
+        for _ in range(3):
+            conn.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+        conn.commit()
+    with db.connect(SUPERUSER) as conn:
+        seqs = [r[0] for r in conn.execute(_CHAIN, (tenant.org_id,))]
+    assert seqs == list(range(1, 505))
+    report = _verify(db, tenant)
+    assert report.ok, report.broken
+    assert report.last_seq == 504
+
+
+def test_repeatable_read_writer_cannot_fork_the_chain(db: TestDatabase) -> None:
+    tenant = _enrolled(db, "rr")
+    with db.connect(SERVICE_LOGIN) as early, db.connect(SERVICE_LOGIN) as late:
+        early.execute(_REPEATABLE_READ)
+        early.execute(_AS_SERVICE)
+        early.execute(_SNAPSHOT_NOW)  # the snapshot is taken here
+        late.execute(_AS_SERVICE)
+        late.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+        late.commit()
+        with pytest.raises(psycopg.errors.SerializationFailure):
+            early.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+        early.rollback()
+    assert _verify(db, tenant).ok
