@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import pickle
 import secrets
-import sys
 from pathlib import Path
 
 import pytest
@@ -135,12 +134,6 @@ def test_connect_uses_the_configured_url_and_key() -> None:
         assert isinstance(db, Database) and db.key == key
     finally:
         db.close()
-
-
-def test_connect_without_url_and_without_local_support(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "agentapi_db.local", None)  # import fails
-    with pytest.raises(ConfigurationError, match="AGENTAPI_DATABASE_URL"):
-        connect(Settings())
 
 
 @given(st.binary(min_size=32, max_size=44) | st.binary(min_size=52, max_size=96))
