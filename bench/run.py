@@ -657,6 +657,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Same rows in both forms (w1: session, configs, prompts; w2: both pages).
         out["same_rows"] = {
+            "w1_library_sql": same_rows(
+                server,
+                dbs[big.name],
+                "w1_libsql.sql",
+                "w1_filter.sql",
+                [(2, 1), (3, 2), (4, 3)],
+                w1_vars(big, key),
+                10 if quick else 30,
+            ),
             "w1": same_rows(
                 server,
                 dbs[big.name],
@@ -693,6 +702,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 Case(f"w2_rls@{scale.name}", db, "w2_rls.sql", APP_LOGIN, w2_vars(scale)),
                 Case(f"w2_filter@{scale.name}", db, "w2_filter.sql", FILTER_LOGIN, w2_vars(scale)),
             ]
+            if scale is big:
+                cases.append(
+                    Case(
+                        f"w1_libsql@{scale.name}",
+                        db,
+                        "w1_libsql.sql",
+                        APP_LOGIN,
+                        w1_vars(scale, key),
+                    )
+                )
         stats = interleaved(server, cases, rounds, tx)
         lat = {label: s.summary() for label, s in stats.items()}
         out["latency"] = lat
@@ -703,6 +722,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         out["rls_vs_filter_p50"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p50_ms")
         out["rls_vs_filter_p99"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p99_ms")
+        out["library_sql_rls_vs_filter_p50"] = ratio(f"w1_libsql@{b}", f"w1_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p50"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p99"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p99_ms")
         out["scale_full_vs_1pct_p50_w1"] = ratio(f"w1_rls@{b}", f"w1_rls@{s}", "p50_ms")
@@ -712,10 +732,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         # Server CPU per transaction (barely disturbed by other load on the machine).
-        cpu: dict[str, list[float]] = {"w1_rls": [], "w1_filter": []}
+        cpu: dict[str, list[float]] = {"w1_rls": [], "w1_filter": [], "w1_libsql": []}
         n_cpu = 40 if quick else 300
-        for _ in range(3 if quick else 5):
-            for form, login in (("w1_rls", APP_LOGIN), ("w1_filter", FILTER_LOGIN)):
+        for _ in range(3 if quick else 7):
+            for form, login in (
+                ("w1_rls", APP_LOGIN),
+                ("w1_filter", FILTER_LOGIN),
+                ("w1_libsql", APP_LOGIN),
+            ):
                 value = server_cpu_per_tx(
                     server.url(dbs[b], login),
                     parse_script(SQL_DIR / f"{form}.sql"),
@@ -724,7 +748,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 if value is not None:
                     cpu[form].append(value)
-        if cpu["w1_rls"] and cpu["w1_filter"]:
+        if all(cpu.values()):
             out["server_cpu_us_per_tx"] = {k: statistics.median(v) for k, v in cpu.items()}
             out["rls_vs_filter_server_cpu"] = (
                 out["server_cpu_us_per_tx"]["w1_rls"] / out["server_cpu_us_per_tx"]["w1_filter"]
@@ -809,7 +833,10 @@ def report_table(res: dict[str, Any]) -> str:
     ]
     for w in ("w1", "w2"):
         for scale in (b, s):
-            for form, name in (("rls", "(a) RLS"), ("filter", "(b) filter")):
+            forms = [("rls", "(a) RLS"), ("filter", "(b) filter")]
+            if w == "w1" and scale == b:
+                forms.append(("libsql", "(a) RLS, the library's statements"))
+            for form, name in forms:
                 k = lat[f"{w}_{form}@{scale}"]
                 lines.append(
                     _row(f"{w} @ {scale}", name, _fmt(k["p50_ms"], 3), _fmt(k["p99_ms"], 3))
@@ -852,6 +879,11 @@ def report_table(res: dict[str, Any]) -> str:
             )
         )
     lines += [
+        _row(
+            "(w1 with the library's statements, RLS ÷ filter, p50)",
+            _fmt(res["library_sql_rls_vs_filter_p50"]),
+            "",
+        ),
         _row("(w2 admin pages, RLS ÷ filter, p50)", _fmt(res["w2_rls_vs_filter_p50"]), ""),
         _row(
             "library ÷ raw psycopg, p50 ≤ 1.25",

@@ -1,6 +1,6 @@
--- Workload 1, form (b): the same session start as a login that bypasses RLS
--- (the physical limit): tenant filters written by hand, the user id and
--- organization id supplied by the caller (here: the session row's).
+-- Workload 1, form (b): the statements of w1_rls.sql as a login that bypasses
+-- RLS (the physical limit), with the tenant filters written by hand: the caller
+-- knows the user id, and takes the organization from the session row.
 \set u random(1, :nusers)
 BEGIN;
 SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,

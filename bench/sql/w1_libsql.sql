@@ -1,7 +1,9 @@
--- Workload 1, form (a): session start as agentapi_app under row-level security.
--- The statements of agentapi_db (queries.py) for as_user(), sessions.get,
--- mcp.list_effective(decrypt=True), prompts.list_effective and audit.log, with
--- the library's constant parameters folded in (decrypt = true, old_key = NULL).
+-- Workload 1, form (a) with the library's statements: session start as
+-- agentapi_app under row-level security, with the statements of agentapi_db
+-- (queries.py) for as_user(), sessions.get, mcp.list_effective(decrypt=True),
+-- prompts.list_effective and audit.log, the library's constant parameters
+-- folded in (decrypt = true, old_key = NULL). They join users again on the
+-- acting user, which RLS makes redundant: compare with w1_rls.sql.
 -- Variables: :nusers, :key (a bind parameter under -M prepared).
 \set u random(1, :nusers)
 BEGIN;
