@@ -1440,8 +1440,12 @@ COMMENT ON FUNCTION public.audit_logs_chain() IS
 CREATE TRIGGER audit_logs_chain BEFORE INSERT ON public.audit_logs
     FOR EACH ROW EXECUTE FUNCTION public.audit_logs_chain();
 
--- Once per INSERT statement: move each chain head to the statement's last link,
--- so verify-chain can tell when events at the end of a chain went missing.
+-- After each chained row (the WHEN clause queues nothing for unchained rows, so
+-- organizations that are not enrolled pay nothing here): if it is the latest
+-- link of its chain, move the chain head to it. Only the last row of a bulk
+-- insert updates the head, so the head row is updated once per statement, not
+-- once per row. verify-chain uses the head to tell when events at the end of a
+-- chain went missing.
 CREATE FUNCTION public.audit_logs_chain_advance()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -1449,23 +1453,25 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    UPDATE public.audit_chain_heads AS h
-       SET last_seq = t.chain_seq, last_hash = t.chain_hash
-      FROM (SELECT DISTINCT ON (i.organization_id) i.organization_id, i.chain_seq, i.chain_hash
-              FROM inserted AS i
-             WHERE i.chain_seq IS NOT NULL
-             ORDER BY i.organization_id, i.chain_seq DESC) AS t
-     WHERE h.organization_id = t.organization_id AND t.chain_seq > h.last_seq;
+    -- Positions are contiguous, so "no next link" means "latest"; an equality
+    -- lookup stays an index probe whatever plan is cached.
+    IF NOT EXISTS (SELECT 1 FROM public.audit_logs AS a
+                    WHERE a.organization_id = NEW.organization_id
+                      AND a.chain_seq = NEW.chain_seq + 1) THEN
+        UPDATE public.audit_chain_heads AS h
+           SET last_seq = NEW.chain_seq, last_hash = NEW.chain_hash
+         WHERE h.organization_id = NEW.organization_id AND h.last_seq < NEW.chain_seq;
+    END IF;
     RETURN NULL;
 END
 $$;
 
 COMMENT ON FUNCTION public.audit_logs_chain_advance() IS
-    'AFTER INSERT statement trigger on audit_logs: advances each enrolled organization''s chain head to the last event the statement chained.';
+    'AFTER INSERT row trigger on audit_logs, for chained rows only: advances the organization''s chain head when the row is the latest link.';
 
 CREATE TRIGGER audit_logs_chain_advance AFTER INSERT ON public.audit_logs
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_chain_advance();
+    FOR EACH ROW WHEN (NEW.chain_seq IS NOT NULL)
+    EXECUTE FUNCTION public.audit_logs_chain_advance();
 
 -- Enrols an organization in the hash chain; later events are chained. Returns
 -- false if it already was. There is deliberately no way to leave the chain.
