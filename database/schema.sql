@@ -1346,6 +1346,7 @@ COMMENT ON TABLE public.audit_chain_heads IS
 COMMENT ON COLUMN public.audit_chain_heads.last_seq IS 'chain_seq of the organization''s latest chained event (0: none yet).';
 COMMENT ON COLUMN public.audit_chain_heads.last_hash IS 'chain_hash of that event; the genesis hash sha256(''agentapi-db audit chain '' || organization_id) before the first.';
 COMMENT ON COLUMN public.audit_chain_heads.base_seq IS 'Events up to this chain_seq left the database through retention; verification starts after it.';
+COMMENT ON COLUMN public.audit_chain_heads.enabled_at IS 'When the organization was enrolled; its events stamped after this are all chained.';
 COMMENT ON COLUMN public.audit_chain_heads.base_hash IS 'chain_hash of event base_seq (the genesis hash while base_seq = 0).';
 COMMENT ON POLICY audit_chain_heads_owner ON public.audit_chain_heads IS
     'Only the owner (the SECURITY DEFINER chain functions) reads and writes chain heads; agentapi_service reads them by BYPASSRLS.';
@@ -1492,8 +1493,10 @@ BEGIN
         RAISE EXCEPTION 'no organization with id %', p_organization_id
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'audit_chain_heads_organization_id_fkey';
     END IF;
-    INSERT INTO public.audit_chain_heads (organization_id, last_hash, base_hash)
-    VALUES (p_organization_id, genesis, genesis)
+    -- enabled_at is the wall clock just before commit (not now(), the start of the
+    -- transaction): events stamped later than that (give or take the commit) are chained.
+    INSERT INTO public.audit_chain_heads (organization_id, last_hash, base_hash, enabled_at)
+    VALUES (p_organization_id, genesis, genesis, pg_catalog.clock_timestamp())
     ON CONFLICT (organization_id) DO NOTHING;
     GET DIAGNOSTICS inserted = ROW_COUNT;
     IF inserted > 0 THEN

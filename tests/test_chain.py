@@ -26,6 +26,10 @@ _TAMPER_HASH = (
     "UPDATE audit_logs SET chain_hash = sha256('forged') WHERE organization_id = %s"
     " AND chain_seq = %s RETURNING id"
 )
+_SNEAK_IN = (
+    "INSERT INTO audit_logs (\"timestamp\", organization_id, action, resource_type)"
+    " VALUES (now() + interval '5 seconds', %s, 'sneaked', 'x') RETURNING id"
+)
 _DELETE_SEQ = "DELETE FROM audit_logs WHERE organization_id = %s AND chain_seq = %s RETURNING id"
 _CHAIN = (
     "SELECT chain_seq FROM audit_logs WHERE organization_id = %s AND chain_seq IS NOT NULL"
@@ -205,3 +209,16 @@ def test_repeatable_read_writer_cannot_fork_the_chain(db: TestDatabase) -> None:
             early.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
         early.rollback()
     assert _verify(db, tenant).ok
+
+
+def test_event_written_with_the_trigger_off_is_reported(db: TestDatabase) -> None:
+    tenant = _enrolled(db, "bypass")
+    service_events(db, tenant, 3)
+    with db.connect(SUPERUSER) as conn:
+        conn.execute(_REPLICA)
+        row = conn.execute(_SNEAK_IN, (tenant.org_id,)).fetchone()
+        conn.commit()
+    assert row is not None
+    broken = _verify(db, tenant).broken
+    assert broken is not None
+    assert (broken.kind, broken.event_id) == ("unchained", row[0])

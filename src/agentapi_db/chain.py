@@ -12,7 +12,9 @@ canonical text, and reports the **first** broken link:
 * ``hash``: the event's content (or its stored hash) differs from what was chained;
 * ``gap``: chain positions are missing (an event was deleted);
 * ``duplicate``: a chain position appears twice;
-* ``tail``: the last event is not the chain head (events at the end are missing).
+* ``tail``: the last event is not the chain head (events at the end are missing);
+* ``unchained``: an event written after enrolment carries no chain position (it
+  was inserted with the chain trigger disabled).
 
 Events that retention dropped are accounted for by the head's base
 (``base_seq``/``base_hash``): verification starts after it.
@@ -49,9 +51,20 @@ SELECT h.organization_id, o.slug
  ORDER BY o.slug NULLS LAST, h.organization_id
 """
 _SQL_HEAD: Final[LiteralString] = """
-SELECT base_seq, base_hash, last_seq, last_hash
+SELECT base_seq, base_hash, last_seq, last_hash, enabled_at
   FROM public.audit_chain_heads
  WHERE organization_id = %s
+"""
+# An enrolled organization's event stamped after enrolment (plus a margin for
+# transactions that were in flight while it committed) must be chained; one that
+# is not was written with the chain trigger off.
+_SQL_UNCHAINED: Final[LiteralString] = """
+SELECT a.id, a."timestamp"
+  FROM public.audit_logs AS a
+ WHERE a.organization_id = %s AND a.chain_seq IS NULL
+   AND a."timestamp" > %s::timestamptz + interval '1 second'
+ ORDER BY a."timestamp", a.id
+ LIMIT 1
 """
 _SQL_SKIPPED: Final[LiteralString] = """
 SELECT count(*) FROM public.audit_logs
@@ -74,7 +87,7 @@ SELECT a.chain_seq, a.id, a."timestamp", a.chain_hash,
 class BrokenLink:
     """The first place where the chain does not hold."""
 
-    kind: str  # "hash", "gap", "duplicate" or "tail"
+    kind: str  # "hash", "gap", "duplicate", "tail" or "unchained"
     chain_seq: int
     event_id: UUID | None
     timestamp: datetime | None
@@ -131,12 +144,14 @@ def verify_chain(conn: Conn, organization_id: UUID, slug: str | None = None) -> 
         head = conn.execute(_SQL_HEAD, (organization_id,)).fetchone()
         if head is None:
             raise NotFound(f"organization {slug or organization_id} is not enrolled in the chain")
-        base_seq, base_hash, last_seq, last_hash = (
+        base_seq, base_hash, last_seq, last_hash, enabled_at = (
             int(head[0]),
             bytes(head[1]),
             int(head[2]),
             bytes(head[3]),
+            head[4],
         )
+        unchained = conn.execute(_SQL_UNCHAINED, (organization_id, enabled_at)).fetchone()
         skipped_row = conn.execute(_SQL_SKIPPED, (organization_id, base_seq)).fetchone()
         skipped = int(skipped_row[0]) if skipped_row else 0
         prev_seq, prev_hash = base_seq, base_hash
@@ -170,6 +185,11 @@ def verify_chain(conn: Conn, organization_id: UUID, slug: str | None = None) -> 
                     break
                 prev_seq, prev_hash = seq, expected
                 checked += 1
+    if broken is None and unchained is not None:
+        broken = BrokenLink(
+            "unchained", 0, unchained[0], unchained[1],
+            "an event written after enrolment has no chain position (chain trigger bypassed)",
+        )
     if broken is None and (prev_seq != last_seq or prev_hash != last_hash):
         broken = BrokenLink(
             "tail", prev_seq + 1, None, None,
