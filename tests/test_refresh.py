@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -18,9 +19,11 @@ from agentapi_db.refresh import (
     LeaseLost,
     claim_expiring,
     record_failure,
+    refresh_status,
     revoke,
     store_refreshed,
 )
+from tests.cli_fixtures import run_cli
 from tests.ops_fixtures import seed_encrypted, seed_tenant
 from tests.pg import SERVICE_LOGIN, SUPERUSER, TestDatabase
 
@@ -194,3 +197,22 @@ def test_claim_decrypts_with_old_key_during_rotation(db: TestDatabase) -> None:
         store_refreshed(conn, claims[0], key=new, access_token="a2", refresh_token="r2",
                         expires_at=None)
     assert _row(db, new, claims[0].id)[:2] == ("a2", "r2")
+
+
+def test_status_counts_and_cli(db: TestDatabase) -> None:
+    key = _setup(db, 30)  # expiries 1..30 minutes ahead; 3 without refresh token
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        claims = claim_expiring(conn, worker_id="w", key=key, within=timedelta(minutes=4), limit=2)
+        record_failure(conn, claims[0], "boom")
+        status = refresh_status(conn, within=timedelta(minutes=10), max_failures=1)
+    assert (status.tokens, status.refreshable, status.expired) == (30, 27, 0)
+    assert status.expiring_soon == 10
+    assert (status.leased, status.backing_off, status.failing, status.given_up) == (1, 1, 1, 1)
+    out = run_cli(
+        "tokens", "status", "--within", "10", "--json",
+        env={"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)},
+    )
+    assert out.code == 0, str(out)
+    data = json.loads(out.stdout)
+    assert (data["tokens"], data["expiring_soon"], data["leased"]) == (30, 10, 1)
+    assert "access-oauth" not in out.stdout and "refresh-oauth" not in out.stdout

@@ -36,8 +36,10 @@ __all__ = [
     "MAX_ERROR_LENGTH",
     "ClaimedToken",
     "LeaseLost",
+    "RefreshStatus",
     "claim_expiring",
     "record_failure",
+    "refresh_status",
     "revoke",
     "store_refreshed",
 ]
@@ -122,6 +124,19 @@ SELECT public.log_audit_event(
                               'mcp_configuration_id', g.mcp_configuration_id),
            NULL, NULL)
   FROM gone AS g
+"""
+
+_SQL_STATUS: Final[LiteralString] = """
+SELECT count(*),
+       count(*) FILTER (WHERE refresh_token IS NOT NULL),
+       count(*) FILTER (WHERE expires_at <= now()),
+       count(*) FILTER (WHERE expires_at > now() AND expires_at <= now() + %(within)s::interval),
+       count(*) FILTER (WHERE refresh_claimed_by IS NOT NULL AND refresh_claimed_until > now()),
+       count(*) FILTER (WHERE refresh_claimed_by IS NULL AND refresh_claimed_until > now()),
+       count(*) FILTER (WHERE refresh_failure_count > 0),
+       count(*) FILTER (WHERE refresh_failure_count >= %(max_failures)s),
+       min(expires_at) FILTER (WHERE refresh_token IS NOT NULL)
+  FROM public.mcp_oauth_tokens
 """
 
 # --------------------------------------------------------------------------- API
@@ -286,3 +301,34 @@ def revoke(conn: Conn, token_id: UUID, *, reason: str) -> UUID:
         raise NotFound(f"no OAuth token {token_id}")
     event_id: UUID = row[0]
     return event_id
+
+
+@dataclass(frozen=True)
+class RefreshStatus:
+    """Counts over every OAuth token (no token values): what refresh workers face."""
+
+    tokens: int
+    refreshable: int
+    expired: int
+    expiring_soon: int
+    leased: int
+    backing_off: int
+    failing: int
+    given_up: int
+    next_expiry: datetime | None
+
+
+def refresh_status(
+    conn: Conn, *, within: timedelta = timedelta(minutes=5), max_failures: int = 10
+) -> RefreshStatus:
+    """How many tokens are expired, expire within ``within``, are leased, failing..."""
+    params: dict[str, Any] = {"within": within, "max_failures": max_failures}
+    with service_transaction(conn):
+        row = conn.execute(_SQL_STATUS, params).fetchone()
+    if row is None:  # an aggregate always returns a row
+        raise AgentApiDbError("the token status query returned nothing")
+    n = [int(v) for v in row[:8]]
+    return RefreshStatus(
+        tokens=n[0], refreshable=n[1], expired=n[2], expiring_soon=n[3], leased=n[4],
+        backing_off=n[5], failing=n[6], given_up=n[7], next_expiry=row[8],
+    )

@@ -8,6 +8,8 @@ their ``_FILE`` twins), never from the command line.
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 from uuid import UUID
@@ -17,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentapi_db import backup, chain, opsdb, retention, rotation, schedule, stats
+from agentapi_db import backup, chain, opsdb, refresh, retention, rotation, schedule, stats
 from agentapi_db.cli.app import (
     DatabaseUrlOption,
     ExitCode,
@@ -33,6 +35,9 @@ from agentapi_db.cli.app import (
 )
 from agentapi_db.config import ENV_OLD_KEY, ENV_OLD_KEY_FILE, Settings
 from agentapi_db.errors import ConfigurationError
+
+tokens_app = typer.Typer(help="OAuth tokens: refresh status.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
 
 
 def _progress() -> Progress:
@@ -556,3 +561,34 @@ def restore_command(
         )
     if not report.ok:
         raise typer.Exit(int(ExitCode.FAILURE))
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@tokens_app.command("status")
+@handles_errors
+def tokens_status_command(
+    within_minutes: Annotated[
+        int, typer.Option("--within", min=0, max=10_000, help="Expiry window, in minutes.")
+    ] = 5,
+    max_failures: Annotated[
+        int, typer.Option("--max-failures", min=1, help="Failures after which workers give up.")
+    ] = 10,
+    database_url: DatabaseUrlOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """What OAuth refresh workers face: expired, expiring, leased, failing tokens (counts only)."""
+    with opsdb.connect(resolve_database_url(database_url)) as conn:
+        st = refresh.refresh_status(
+            conn, within=timedelta(minutes=within_minutes), max_failures=max_failures
+        )
+    if json_output:
+        print_json(asdict(st))
+        return
+    console.print(
+        f"{st.tokens} tokens ({st.refreshable} with a refresh token): {st.expired} expired, "
+        f"{st.expiring_soon} expiring within {within_minutes} min, {st.leased} leased by a "
+        f"worker, {st.backing_off} backing off after a failure, {st.failing} failing, "
+        f"{st.given_up} given up (>= {max_failures} failures); next expiry {_when(st.next_expiry)}"
+    )
