@@ -28,6 +28,7 @@ from tests.pg import (
 CRON_DB = "agentapi_cron"
 
 _CREATE_CRON = "CREATE EXTENSION pg_cron"
+_DROP_CRON = "DROP EXTENSION pg_cron"
 _JOBS = (
     "SELECT jobname, jobid, schedule, command, database, username FROM cron.job"
     " WHERE starts_with(jobname, 'agentapi-') ORDER BY jobname"
@@ -135,9 +136,24 @@ def test_scheduling_user_must_be_able_to_act_as_service(cron_cluster: LocalClust
     assert "agentapi_service" in out.stderr
 
 
+def test_preloaded_but_not_created_gives_a_hint(cron_cluster: LocalCluster) -> None:
+    server = PgServer(superuser_url=cron_cluster.url())
+    with psycopg.connect(cron_cluster.url(CRON_DB), autocommit=True) as conn:
+        conn.execute(_DROP_CRON)
+    try:
+        out = run_cli("schedule", env={"AGENTAPI_DATABASE_URL": server.url(CRON_DB)})
+        assert out.code == 0, str(out)
+        assert "CREATE EXTENSION pg_cron" in out.stderr
+        assert "agentapi-db sessions cleanup" in out.stdout
+    finally:
+        with psycopg.connect(cron_cluster.url(CRON_DB), autocommit=True) as conn:
+            conn.execute(_CREATE_CRON)
+
+
 def test_without_pg_cron_prints_crontab_lines(db: TestDatabase) -> None:
     out = run_cli("schedule", "--keep", "6", env={"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)})
     assert out.code == 0, str(out)
+    assert "CREATE EXTENSION" not in out.stderr  # pg_cron is not preloaded on that server
     lines = [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
     assert lines == [
         "*/5 * * * * agentapi-db sessions cleanup",

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, LiteralString
 
+import psycopg
 from psycopg import sql
 
 from agentapi_db.errors import ConfigurationError, InvalidInput
@@ -38,6 +39,7 @@ __all__ = [
     "ScheduleResult",
     "apply_schedule",
     "crontab_lines",
+    "pg_cron_could_be_created",
     "pg_cron_version",
     "wanted_jobs",
 ]
@@ -49,6 +51,10 @@ JOB_PREFIX: Final = "agentapi-"
 _SQL_PG_CRON: Final[LiteralString] = (
     "SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_cron'"
 )
+_SQL_CRON_READY: Final[LiteralString] = """
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'pg_cron')
+       AND pg_catalog.current_setting('cron.database_name', true) = current_database()
+"""
 _SQL_CAN_ACT_AS_SERVICE: Final[LiteralString] = (
     "SELECT current_user, pg_catalog.pg_has_role(current_user, 'agentapi_service', 'MEMBER')"
 )
@@ -148,6 +154,16 @@ def pg_cron_version(conn: Conn) -> str | None:
     """The pg_cron extension's version in this database, or None if it is not there."""
     row = conn.execute(_SQL_PG_CRON).fetchone()
     return str(row[0]) if row else None
+
+
+def pg_cron_could_be_created(conn: Conn) -> bool:
+    """pg_cron is installed, loaded (its settings exist) and pointed at this database,
+    but the extension is not created here. False when this login may not tell."""
+    try:
+        row = conn.execute(_SQL_CRON_READY).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    return bool(row and row[0])
 
 
 def apply_schedule(conn: Conn, jobs: list[Job]) -> ScheduleResult:

@@ -378,6 +378,11 @@ def schedule_command(
         )
         version = schedule.pg_cron_version(conn)
         if version is None or dry_run:
+            if version is None and not json_output and schedule.pg_cron_could_be_created(conn):
+                err_console.print(
+                    "[yellow]pg_cron is preloaded for this database but not created: run "
+                    "CREATE EXTENSION pg_cron as a superuser, then this command again[/]"
+                )
             _print_jobs(jobs, version, dry_run, json_output)
             return
         result = schedule.apply_schedule(conn, jobs)
