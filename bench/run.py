@@ -328,14 +328,14 @@ class Stats:
 def interleaved(
     server: Server, cases: list[Case], rounds: int, transactions: int
 ) -> dict[str, Stats]:
-    """Each round runs every case once (order rotating); per-round p50/p99 per case."""
+    """Each round runs every case once, in the given order on even rounds and reversed
+    on odd ones (so the members of a compared pair, listed side by side, run back to
+    back, A B then B A); per-round p50/p99 per case."""
     stats = {c.label: Stats() for c in cases}
     for c in cases:  # warm-up: caches, prepared plans, the first round's bias
         pgbench(server, c, transactions=max(50, transactions // 5))
     for r in range(rounds):
-        order = cases[r % len(cases) :] + cases[: r % len(cases)]
-        if r % 2:
-            order = order[::-1]
+        order = cases[::-1] if r % 2 else cases
         for c in order:
             stats[c.label].add(pgbench(server, c, transactions=transactions))
         log(
@@ -662,8 +662,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         small.sessions,
         small.audit_events,
     )
-    rounds = args.rounds or (2 if quick else 7)
-    tx = 60 if quick else 1500
+    rounds = args.rounds or (2 if quick else 15)
+    tx = 60 if quick else 600
     key = secrets.token_hex(32)
     out: dict[str, Any] = {
         "quick": quick,
@@ -720,38 +720,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         log(f"same rows: {out['same_rows']}")
 
-        cases = []
-        for scale in (big, small):
-            db = dbs[scale.name]
-            cases += [
-                Case(f"w1_rls@{scale.name}", db, "w1_rls.sql", APP_LOGIN, w1_vars(scale, key)),
-                Case(
-                    f"w1_filter@{scale.name}",
-                    db,
-                    "w1_filter.sql",
-                    FILTER_LOGIN,
-                    w1_vars(scale, key),
-                ),
-                Case(f"w2_rls@{scale.name}", db, "w2_rls.sql", APP_LOGIN, w2_vars(scale)),
-                Case(f"w2_filter@{scale.name}", db, "w2_filter.sql", FILTER_LOGIN, w2_vars(scale)),
-            ]
-            if scale is big:
-                cases.append(
-                    Case(
-                        f"w1_libsql@{scale.name}",
-                        db,
-                        "w1_libsql.sql",
-                        APP_LOGIN,
-                        w1_vars(scale, key),
-                    )
-                )
-        stats = interleaved(server, cases, rounds, tx)
-        lat = {label: s.summary() for label, s in stats.items()}
-        out["latency"] = lat
+        # Listed so that compared cases run side by side (see interleaved()).
         b, s = big.name, small.name
+        db_b, db_s = dbs[b], dbs[s]
+        cases = [
+            Case(f"w1_libsql@{b}", db_b, "w1_libsql.sql", APP_LOGIN, w1_vars(big, key)),
+            Case(f"w1_rls@{b}", db_b, "w1_rls.sql", APP_LOGIN, w1_vars(big, key)),
+            Case(f"w1_filter@{b}", db_b, "w1_filter.sql", FILTER_LOGIN, w1_vars(big, key)),
+            Case(f"w1_filter@{s}", db_s, "w1_filter.sql", FILTER_LOGIN, w1_vars(small, key)),
+            Case(f"w1_rls@{s}", db_s, "w1_rls.sql", APP_LOGIN, w1_vars(small, key)),
+            Case(f"w2_rls@{b}", db_b, "w2_rls.sql", APP_LOGIN, w2_vars(big)),
+            Case(f"w2_filter@{b}", db_b, "w2_filter.sql", FILTER_LOGIN, w2_vars(big)),
+            Case(f"w2_filter@{s}", db_s, "w2_filter.sql", FILTER_LOGIN, w2_vars(small)),
+            Case(f"w2_rls@{s}", db_s, "w2_rls.sql", APP_LOGIN, w2_vars(small)),
+        ]
+        stats = interleaved(server, cases, rounds, tx)
+        lat = {label: st.summary() for label, st in stats.items()}
+        out["latency"] = lat
 
         def ratio(a: str, c: str, k: str) -> float:
-            return float(lat[a][k] / lat[c][k])
+            """Median over the rounds of a's figure over c's in the same round."""
+            pa = stats[a].p50 if k == "p50_ms" else stats[a].p99
+            pc = stats[c].p50 if k == "p50_ms" else stats[c].p99
+            return float(statistics.median(x / y for x, y in zip(pa, pc, strict=True)))
+
+        out["ratios_of_medians"] = {
+            "rls_vs_filter_p50": lat[f"w1_rls@{b}"]["p50_ms"] / lat[f"w1_filter@{b}"]["p50_ms"],
+            "rls_vs_filter_p99": lat[f"w1_rls@{b}"]["p99_ms"] / lat[f"w1_filter@{b}"]["p99_ms"],
+            "scale_full_vs_1pct_p50_w1": lat[f"w1_rls@{b}"]["p50_ms"]
+            / lat[f"w1_rls@{s}"]["p50_ms"],
+            "scale_full_vs_1pct_p50_w2": lat[f"w2_rls@{b}"]["p50_ms"]
+            / lat[f"w2_rls@{s}"]["p50_ms"],
+        }
 
         out["rls_vs_filter_p50"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p50_ms")
         out["rls_vs_filter_p99"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p99_ms")
@@ -820,7 +820,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # Last: it deletes the expired sessions.
         out["cleanup"] = cleanup_under_load(
-            server, cases[0], seconds=4 if quick else 30, batch=100 if quick else 5000
+            server,
+            next(c for c in cases if c.label == f"w1_rls@{b}"),
+            seconds=4 if quick else 30,
+            batch=100 if quick else 5000,
         )
         out["cleanup_p99_ratio"] = out["cleanup"]["cleanup_p99_ratio"]
         out["cleanup_max_lock_wait_s"] = out["cleanup"]["max_lock_wait_s"]
