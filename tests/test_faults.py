@@ -50,7 +50,7 @@ from tests.pgbouncer_fixtures import running_pgbouncer
 # ---------------------------------------------------------------------------
 # SQL (the checks' own statements, as the superuser: the ground truth)
 # ---------------------------------------------------------------------------
-_TERMINATE = "SELECT pg_terminate_backend(%s)"
+_TERMINATE = "SELECT pg_terminate_backend(%s, 10000)"  # waits until it is gone
 _BY_PATH = "SELECT count(*) FROM user_sessions WHERE workspace_path = %s"
 _EVENTS_BY_ACTION = "SELECT count(*) FROM audit_logs WHERE action = %s"
 _SESSION_IDS = "SELECT id FROM user_sessions WHERE id = ANY(%s)"
@@ -206,7 +206,14 @@ def test_cleanup_races_creates_and_touches(
                 env={"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)})
         for _ in range(3)
     ]
-    time.sleep(0.5)
+    # Keep racing until each kind of session is well represented (however slow the machine).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stop.is_set():
+        with lock:
+            if len(long_lived) > 20 and len(extended) > 5 and len(short_lived) > 20:
+                break
+        time.sleep(0.1)
+    time.sleep(0.3)
     stop.set()
     for t in threads:
         t.join(timeout=60)
