@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agentapi_db import opsdb
+from agentapi_db import Database, opsdb
 from agentapi_db.errors import ConfigurationError
 from agentapi_db.keys import EncryptionKey
 from agentapi_db.rotation import RotationError, rotate_keys, verify_rotation
@@ -22,10 +22,15 @@ from tests.ops_fixtures import (
     seed_encrypted,
     seed_tenant,
 )
-from tests.pg import SERVICE_LOGIN, SUPERUSER, TestDatabase
+from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
 _CORRUPT = "UPDATE mcp_configurations SET bearer_token = encrypt_token('x', %s) WHERE id = %s"
 _FIRST_CONFIG = "SELECT id FROM mcp_configurations WHERE bearer_token IS NOT NULL ORDER BY id"
+_CONFIG_NAMES = "SELECT id, name FROM mcp_configurations WHERE bearer_token IS NOT NULL"
+_DECRYPT_CONFIGS = (
+    "SELECT id, decrypt_token(bearer_token, %s) FROM mcp_configurations"
+    " WHERE bearer_token IS NOT NULL"
+)
 _NOW = "SELECT now()"
 _ROTATED_ROWS = (
     "SELECT (SELECT count(*) FROM mcp_configurations WHERE updated_at >= %s)"
@@ -193,3 +198,41 @@ def test_sigkill_at_random_points_then_rerun_finishes(db: TestDatabase) -> None:
     assert (count, bad) == (n, [])
     verify = run_cli("rotate-key", "--verify", env=_env(db, new, old))
     assert verify.code == 0, verify.stdout + verify.stderr
+
+
+def test_application_keeps_working_during_rotation(db: TestDatabase) -> None:
+    """The application (both keys configured) reads and rewrites tokens while rotate-key runs."""
+    old, new = EncryptionKey.generate(), EncryptionKey.generate()
+    tenant = seed_tenant(db, "live")
+    seed_encrypted(db, tenant, old, bearer=2000, oauth=0)
+    with db.connect(SUPERUSER) as conn:
+        expected = {r[0]: f"bearer-secret-{str(r[1])[7:]}" for r in conn.execute(_CONFIG_NAMES)}
+    ids = list(expected)
+    rng = random.Random(7)
+    reads = writes = during = 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentapi_db.cli", "rotate-key", "--batch-size", "10"],
+        env={**os.environ, **_env(db, new, old)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with Database(db.url(APP_LOGIN), key=new, old_key=old) as app:
+        while proc.poll() is None or reads < 50:
+            target = rng.choice(ids)
+            with app.as_user(tenant.admin_id) as tx:
+                secret = tx.mcp.get_secret(target)
+                assert secret is not None and secret.get_secret_value() == expected[target]
+                reads += 1
+                during += proc.poll() is None
+                if rng.random() < 0.3:
+                    expected[target] = f"rewritten-{writes}"
+                    tx.mcp.update(target, bearer_token=expected[target])
+                    writes += 1
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert during > 20 and writes > 10  # the application worked while the rotation ran
+    assert key_states(db, new, old) == (2000, 0, 0, 0)
+    with db.connect(SUPERUSER) as conn:
+        final = {r[0]: r[1] for r in conn.execute(_DECRYPT_CONFIGS, (new.sql_value,))}
+    assert final == expected
