@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg
 
+from agentapi_db import backup as backup_module
 from agentapi_db import migrations
 from agentapi_db.keys import EncryptionKey
 from tests.cli_fixtures import run_cli
@@ -118,3 +119,12 @@ def test_corrupt_backup_fails_cleanly_and_leaves_nothing(db: TestDatabase, tmp_p
     assert missing.code == 2, str(missing)
     neither = run_cli("restore", str(dump), env=env)
     assert neither.code == 2, str(neither)
+
+
+def test_password_reaches_the_tools_through_the_environment_only() -> None:
+    conninfo, env = backup_module._split_password(
+        "postgresql://admin:s3cr%40t@db.example.com:6543/agentapi?sslmode=require"
+    )
+    assert "s3cr" not in conninfo and "password" not in conninfo
+    assert "db.example.com" in conninfo and "sslmode=require" in conninfo
+    assert env["PGPASSWORD"] == "s3cr@t"
