@@ -1536,14 +1536,16 @@ COMMENT ON FUNCTION public.audit_chain_enable(uuid) IS
 -- Detaches every monthly partition whose month ended at least keep_months
 -- months before the current month began, and moves chain bases past their
 -- events. Returns every table waiting in agentapi_retired (from this run or an
--- interrupted earlier one) with its month range.
+-- interrupted earlier one) with its month range. It waits at most 3 seconds for
+-- its lock on audit_logs (audit writers queue behind a waiting DETACH), and fails
+-- rather than stall the application; run it again later.
 CREATE FUNCTION public.audit_retention_detach(keep_months integer)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz)
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-SET lock_timeout = '10s'
+SET lock_timeout = '3s'
 AS $$
 DECLARE
     cutoff timestamptz;
