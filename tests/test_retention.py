@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from pathlib import Path
 
 import psycopg
@@ -35,6 +36,7 @@ _DETACH_ONLY = "SELECT count(*) FROM audit_retention_detach(%s)"
 _AS_SERVICE = "SET LOCAL ROLE agentapi_service"
 _AS_APP = "SET LOCAL ROLE agentapi_app"
 _CALL_RETENTION = "SELECT audit_retention(12)"
+_AUDIT_WRITE = "INSERT INTO audit_logs (action, resource_type) VALUES ('busy', 'test')"
 
 
 def _month_name(db: TestDatabase, months_ago: int) -> str:
@@ -153,3 +155,22 @@ def test_cli_partitions_and_retention(db: TestDatabase, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         f"{_month_name(db, m)}.jsonl.gz" for m in (13, 14)
     )
+
+
+def test_retention_gives_up_on_a_busy_audit_log_and_changes_nothing(db: TestDatabase) -> None:
+    _setup(db)
+    env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)}
+    with db.connect(SERVICE_LOGIN) as busy:  # a writer whose transaction is still open
+        busy.execute(_AS_SERVICE)
+        busy.execute(_AUDIT_WRITE)
+        started = time.monotonic()
+        out = run_cli("audit", "retention", "--keep", "12", env=env)
+        waited = time.monotonic() - started
+        busy.rollback()
+    assert out.code == 1, str(out)
+    assert "lock timeout" in out.stderr
+    assert waited < 15
+    with db.connect(SUPERUSER) as conn:
+        assert conn.execute(_RETIRED).fetchone() == (0,)
+        assert len(conn.execute(_PARTITIONS).fetchall()) == 31 + 3 + 1  # nothing detached
+    assert run_cli("audit", "retention", "--keep", "12", env=env).code == 0
