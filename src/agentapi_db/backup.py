@@ -174,17 +174,21 @@ def _counts(conn: Conn) -> dict[str, int]:
 def backup(url: str, file: Path) -> BackupManifest:
     """``pg_dump -Fc`` of the database into ``file``, plus its manifest."""
     partial = file.with_name(file.name + ".partial")
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute(_SQL_SNAPSHOT)
-        row = conn.execute(_SQL_EXPORT_SNAPSHOT).fetchone()
-        snapshot = str(row[0]) if row else ""
-        version = migrations.read_state(conn).current_version
-        counts = _counts(conn)
-        database = str(conn.info.dbname)
-        # The snapshot stays valid while this transaction is open.
-        _run_tool("pg_dump", ["--format=custom", f"--snapshot={snapshot}", "--file",
-                              str(partial)], url)
-    os.replace(partial, file)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+            conn.execute(_SQL_SNAPSHOT)
+            row = conn.execute(_SQL_EXPORT_SNAPSHOT).fetchone()
+            snapshot = str(row[0]) if row else ""
+            version = migrations.read_state(conn).current_version
+            counts = _counts(conn)
+            database = str(conn.info.dbname)
+            # The snapshot stays valid while this transaction is open.
+            _run_tool("pg_dump", ["--format=custom", f"--snapshot={snapshot}", "--file",
+                                  str(partial)], url)
+        os.replace(partial, file)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     manifest = BackupManifest(database, version, counts, file.name, file.stat().st_size)
     manifest_path(file).write_text(json.dumps(manifest.as_dict(), indent=2) + "\n")
     return manifest

@@ -119,17 +119,21 @@ def _export(conn: Conn, partition: str, export_dir: Path) -> tuple[Path, int]:
     tmp = final.with_name(final.name + ".partial")
     query = sql.SQL(_SQL_EXPORT).format(sql.Identifier(partition))
     count = 0
-    with service_transaction(conn, snapshot=True), conn.cursor(name="agentapi_export") as cur:
-        cur.itersize = 5000
-        cur.execute(query)
-        with gzip.open(tmp, "wt", encoding="utf-8") as out:
-            for (line,) in cur:
-                out.write(str(line))
-                out.write("\n")
-                count += 1
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        with service_transaction(conn, snapshot=True), conn.cursor(name="agentapi_export") as cur:
+            cur.itersize = 5000
+            cur.execute(query)
+            with gzip.open(tmp, "wt", encoding="utf-8") as out:
+                for (line,) in cur:
+                    out.write(str(line))
+                    out.write("\n")
+                    count += 1
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return final, count
 
 
