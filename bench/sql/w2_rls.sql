@@ -3,7 +3,8 @@
 -- SESSION_LIST_ACTIVE shape; the cursor comes from bench.admin_cursor), then
 -- page 1 of the organization's audit events of the last 7 days (AUDIT_QUERY
 -- shape, 50 rows + 1 to know whether a next page exists).
--- Variables: :nadmins (admins are users 50, 100, ...).
+-- Variables: :nadmins (admins are users 50, 100, ...; run.py gives the count of
+-- those in the largest organization, users 1..n, so every page is full).
 \set a random(1, :nadmins)
 \set u 50 * :a
 BEGIN;
