@@ -57,6 +57,7 @@ _SESSION_IDS = "SELECT id FROM user_sessions WHERE id = ANY(%s)"
 _EXPIRED_LEFT = "SELECT count(*) FROM user_sessions WHERE expires_at <= now()"
 _AUDIT_IDS = "SELECT id FROM audit_logs"
 _USER_COUNT = "SELECT count(*) FROM users"
+_CONFIG_COUNT = "SELECT count(*) FROM mcp_configurations"
 _SESSION_EXISTS = "SELECT count(*) FROM user_sessions WHERE id = %s"
 _USER_ROLE = "SELECT role::text FROM users WHERE id = %s"
 _SERVER_CONNS = (
@@ -346,6 +347,33 @@ class TenantMachine(RuleBasedStateMachine):
 
         self._refused(REFUSED, attempt)
         assert _scalar(self.db, _USER_ROLE, (actor.user,)) == "user"
+
+    @rule(i=actor_index)
+    def member_deletes_own_admin(self, i: int) -> None:
+        members = [a for a in self.actors if not a.admin]
+        actor = members[i % len(members)]
+        admin = next(a for a in self.actors if a.admin and a.org == actor.org)
+        before = _scalar(self.db, _USER_COUNT)
+
+        def attempt() -> None:
+            with self.app.as_user(actor.user) as tx:
+                tx.users.delete(admin.user)  # visible to the member, but not theirs to delete
+
+        self._refused(REFUSED, attempt)
+        assert _scalar(self.db, _USER_COUNT) == before
+
+    @rule(i=actor_index)
+    def member_creates_org_wide_config(self, i: int) -> None:
+        members = [a for a in self.actors if not a.admin]
+        actor = members[i % len(members)]
+        before = _scalar(self.db, _CONFIG_COUNT)
+
+        def attempt() -> None:
+            with self.app.as_user(actor.user) as tx:
+                tx.mcp.create(name=f"c{i}", type="stdio", command="x", scope="organization")
+
+        self._refused(REFUSED, attempt)
+        assert _scalar(self.db, _CONFIG_COUNT) == before
 
     # -- invariants ---------------------------------------------------------------
 
