@@ -1238,7 +1238,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     public.organizations, public.users, public.user_sessions, public.mcp_configurations,
     public.mcp_oauth_tokens, public.system_prompts
 TO agentapi_service;
-GRANT SELECT, INSERT ON public.audit_logs TO agentapi_service;
+GRANT SELECT ON public.audit_logs TO agentapi_service;
+-- Per column: the service never writes the hash-chain columns of section 12.
+GRANT INSERT (id, "timestamp", user_id, organization_id, action, resource_type, resource_id, details,
+              ip_address, user_agent, success, error_message) ON public.audit_logs TO agentapi_service;
 GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_service;
 GRANT EXECUTE ON FUNCTION
     public.cleanup_expired_sessions(),
@@ -1450,8 +1453,8 @@ $$;
 COMMENT ON FUNCTION public.audit_logs_chain() IS
     'BEFORE INSERT row trigger on audit_logs: links an enrolled organization''s event into its hash chain (locks the chain head until the transaction ends); clears chain columns otherwise.';
 
-CREATE TRIGGER audit_logs_chain BEFORE INSERT ON public.audit_logs
-    FOR EACH ROW EXECUTE FUNCTION public.audit_logs_chain();
+-- The two chain triggers are created by audit_chain_enable() when the first
+-- organization enrols (see there): until then audit inserts pay nothing for the chain.
 
 -- After each chained row (the WHEN clause queues nothing for unchained rows, so
 -- organizations that are not enrolled pay nothing here): if it is the latest
@@ -1482,10 +1485,6 @@ $$;
 COMMENT ON FUNCTION public.audit_logs_chain_advance() IS
     'AFTER INSERT row trigger on audit_logs, for chained rows only: advances the organization''s chain head when the row is the latest link.';
 
-CREATE TRIGGER audit_logs_chain_advance AFTER INSERT ON public.audit_logs
-    FOR EACH ROW WHEN (NEW.chain_seq IS NOT NULL)
-    EXECUTE FUNCTION public.audit_logs_chain_advance();
-
 -- Enrols an organization in the hash chain; later events are chained. Returns
 -- false if it already was. There is deliberately no way to leave the chain.
 CREATE FUNCTION public.audit_chain_enable(p_organization_id uuid)
@@ -1505,6 +1504,19 @@ BEGIN
         RAISE EXCEPTION 'no organization with id %', p_organization_id
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'audit_chain_heads_organization_id_fkey';
     END IF;
+    -- The chain triggers exist once any organization is enrolled (every audit insert
+    -- then pays for the enrolment check). Created here, on first use; a later call
+    -- puts them back if they were dropped. CREATE OR REPLACE: a concurrent enrolment
+    -- that created them first is no error.
+    IF (SELECT count(*) FROM pg_catalog.pg_trigger AS t
+         WHERE t.tgrelid = 'public.audit_logs'::pg_catalog.regclass
+           AND t.tgname IN ('audit_logs_chain', 'audit_logs_chain_advance')) < 2 THEN
+        CREATE OR REPLACE TRIGGER audit_logs_chain BEFORE INSERT ON public.audit_logs
+            FOR EACH ROW EXECUTE FUNCTION public.audit_logs_chain();
+        CREATE OR REPLACE TRIGGER audit_logs_chain_advance AFTER INSERT ON public.audit_logs
+            FOR EACH ROW WHEN (NEW.chain_seq IS NOT NULL)
+            EXECUTE FUNCTION public.audit_logs_chain_advance();
+    END IF;
     -- enabled_at is the wall clock just before commit (not now(), the start of the
     -- transaction): events stamped later than that (give or take the commit) are chained.
     INSERT INTO public.audit_chain_heads (organization_id, last_hash, base_hash, enabled_at)
@@ -1521,7 +1533,7 @@ END
 $$;
 
 COMMENT ON FUNCTION public.audit_chain_enable(uuid) IS
-    'Enrols an organization in the audit hash chain (its first chained event records the enrolment); false if already enrolled. For agentapi_service.';
+    'Enrols an organization in the audit hash chain (its first chained event records the enrolment) and creates the chain triggers if missing; false if already enrolled. For agentapi_service.';
 
 -- 12.3 Audit retention ----------------------------------------------------------
 --

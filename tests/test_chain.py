@@ -40,6 +40,16 @@ _FORGE_AS_SERVICE = (
     "INSERT INTO audit_logs (organization_id, action, resource_type, chain_seq, chain_hash)"
     " VALUES (%s, 'forged', 'x', 999, sha256('x')) RETURNING chain_seq, chain_hash"
 )
+_SERVICE_EVENT = (
+    "INSERT INTO audit_logs (organization_id, action, resource_type) VALUES (%s, 'one', 'x')"
+    " RETURNING chain_seq"
+)
+_DROP_TRIGGER = "DROP TRIGGER audit_logs_chain ON audit_logs"
+_CHAIN_TRIGGERS = (
+    "SELECT count(*) FROM pg_trigger AS t JOIN pg_partition_tree('audit_logs') AS p"
+    " ON p.relid = t.tgrelid WHERE t.tgname LIKE 'audit_logs_chain%%'"
+)
+_TREE_SIZE = "SELECT count(*) FROM pg_partition_tree('audit_logs')"
 _AS_SERVICE = "SET LOCAL ROLE agentapi_service"
 _REPEATABLE_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 _SNAPSHOT_NOW = "SELECT count(*) FROM audit_logs"
@@ -68,6 +78,13 @@ def _tamper(db: TestDatabase, stmt: LiteralString, org: UUID, seq: int) -> UUID:
     return event_id
 
 
+def _one(db: TestDatabase, stmt: LiteralString, params: tuple[object, ...]) -> int:
+    with db.connect(SUPERUSER) as conn:
+        row = conn.execute(stmt, params).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def _verify(db: TestDatabase, tenant: Tenant) -> ChainReport:
     with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
         return verify_chain(conn, tenant.org_id, tenant.slug)
@@ -93,13 +110,36 @@ def test_nobody_supplies_chain_values(db: TestDatabase) -> None:
     tenant = _enrolled(db, "forge")
     with db.connect(SERVICE_LOGIN) as conn:
         conn.execute(_AS_SERVICE)
-        row = conn.execute(_FORGE_AS_SERVICE, (tenant.org_id,)).fetchone()
-        conn.commit()
-    assert row is not None and row[0] == 2  # the trigger chose the position, not the caller
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
     with db.connect(APP_LOGIN) as conn:
         conn.execute(_AS_APP, (str(tenant.member_id),))
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(_APP_FORGE, (tenant.member_id, tenant.org_id))
+    # The owner may write the columns, but the trigger overrides what it gives.
+    with db.connect(SUPERUSER) as conn:
+        row = conn.execute(_FORGE_AS_SERVICE, (tenant.org_id,)).fetchone()
+        conn.commit()
+    assert row is not None and row[0] == 2
+    assert _verify(db, tenant).ok
+
+
+def test_triggers_come_with_the_first_enrolment(db: TestDatabase) -> None:
+    def triggers() -> int:
+        return _one(db, _CHAIN_TRIGGERS, ())
+
+    assert triggers() == 0  # a fresh schema pays nothing for the chain
+    tenant = _enrolled(db, "first")
+    tree = _one(db, _TREE_SIZE, ())  # audit_logs and its partitions
+    assert tree > 2 and triggers() == 2 * tree
+    with db.connect(SUPERUSER) as conn:
+        conn.execute(_DROP_TRIGGER)
+        conn.commit()
+    broken = _verify(db, tenant).broken
+    assert broken is not None and broken.kind == "trigger"
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        assert enable_chain(conn, tenant.org_id) is False  # already enrolled; triggers repaired
+    assert triggers() == 2 * tree
     assert _verify(db, tenant).ok
 
 
@@ -186,7 +226,7 @@ def test_bulk_and_multi_statement_inserts_chain_in_order(db: TestDatabase) -> No
     with db.connect(SERVICE_LOGIN) as conn:  # several statements in one transaction
         conn.execute(_AS_SERVICE)
         for _ in range(3):
-            conn.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+            conn.execute(_SERVICE_EVENT, (tenant.org_id,))
         conn.commit()
     with db.connect(SUPERUSER) as conn:
         seqs = [r[0] for r in conn.execute(_CHAIN, (tenant.org_id,))]
@@ -203,10 +243,10 @@ def test_repeatable_read_writer_cannot_fork_the_chain(db: TestDatabase) -> None:
         early.execute(_AS_SERVICE)
         early.execute(_SNAPSHOT_NOW)  # the snapshot is taken here
         late.execute(_AS_SERVICE)
-        late.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+        late.execute(_SERVICE_EVENT, (tenant.org_id,))
         late.commit()
         with pytest.raises(psycopg.errors.SerializationFailure):
-            early.execute(_FORGE_AS_SERVICE, (tenant.org_id,))
+            early.execute(_SERVICE_EVENT, (tenant.org_id,))
         early.rollback()
     assert _verify(db, tenant).ok
 

@@ -14,7 +14,8 @@ canonical text, and reports the **first** broken link:
 * ``duplicate``: a chain position appears twice;
 * ``tail``: the last event is not the chain head (events at the end are missing);
 * ``unchained``: an event written after enrolment carries no chain position (it
-  was inserted with the chain trigger disabled).
+  was inserted with the chain trigger disabled);
+* ``trigger``: the chain triggers are missing or disabled.
 
 Events that retention dropped are accounted for by the head's base
 (``base_seq``/``base_hash``): verification starts after it.
@@ -66,6 +67,12 @@ SELECT a.id, a."timestamp"
  ORDER BY a."timestamp", a.id
  LIMIT 1
 """
+_SQL_TRIGGERS: Final[LiteralString] = """
+SELECT count(*) FROM pg_catalog.pg_trigger AS t
+ WHERE t.tgrelid = 'public.audit_logs'::pg_catalog.regclass
+   AND t.tgname IN ('audit_logs_chain', 'audit_logs_chain_advance')
+   AND t.tgenabled <> 'D'
+"""
 _SQL_SKIPPED: Final[LiteralString] = """
 SELECT count(*) FROM public.audit_logs
  WHERE organization_id = %s AND chain_seq IS NOT NULL AND chain_seq <= %s
@@ -87,7 +94,7 @@ SELECT a.chain_seq, a.id, a."timestamp", a.chain_hash,
 class BrokenLink:
     """The first place where the chain does not hold."""
 
-    kind: str  # "hash", "gap", "duplicate", "tail" or "unchained"
+    kind: str  # "hash", "gap", "duplicate", "tail", "unchained" or "trigger"
     chain_seq: int
     event_id: UUID | None
     timestamp: datetime | None
@@ -152,6 +159,8 @@ def verify_chain(conn: Conn, organization_id: UUID, slug: str | None = None) -> 
             head[4],
         )
         unchained = conn.execute(_SQL_UNCHAINED, (organization_id, enabled_at)).fetchone()
+        triggers_row = conn.execute(_SQL_TRIGGERS).fetchone()
+        triggers = int(triggers_row[0]) if triggers_row else 0
         skipped_row = conn.execute(_SQL_SKIPPED, (organization_id, base_seq)).fetchone()
         skipped = int(skipped_row[0]) if skipped_row else 0
         prev_seq, prev_hash = base_seq, base_hash
@@ -185,6 +194,12 @@ def verify_chain(conn: Conn, organization_id: UUID, slug: str | None = None) -> 
                     break
                 prev_seq, prev_hash = seq, expected
                 checked += 1
+    if broken is None and triggers < 2:
+        broken = BrokenLink(
+            "trigger", 0, None, None,
+            "the chain triggers on audit_logs are missing or disabled: new events are not "
+            "chained (`agentapi-db audit enable-chain` puts them back)",
+        )
     if broken is None and unchained is not None:
         broken = BrokenLink(
             "unchained", 0, unchained[0], unchained[1],
