@@ -1322,9 +1322,10 @@ COMMENT ON FUNCTION public.reencrypt_token(text, text, text) IS
 -- When an organization is enrolled (audit_chain_enable), every audit event of
 -- that organization gets chain_seq = previous + 1 and
 -- chain_hash = sha256(previous chain_hash || audit_chain_event_text(event)),
--- computed by a BEFORE INSERT trigger. The chain head row is locked FOR UPDATE
--- by the trigger, which serializes the organization's audit inserts until the
--- inserting transaction ends (the write cost is measured in the README).
+-- computed by a BEFORE INSERT trigger (created by the first enrolment, so a
+-- database that never enrols pays nothing). The chain head row is locked FOR
+-- UPDATE by the trigger, which serializes the organization's audit inserts until
+-- the inserting transaction ends (the write cost is measured in the README).
 -- `agentapi-db audit verify-chain` recomputes the chain and reports the first
 -- broken link. Enrolment lives in its own table, not in organizations.metadata,
 -- because tenant admins may write metadata and must not switch it off.
