@@ -19,6 +19,10 @@ end with the transaction: nothing session-level is ever set, the connection goes
 back to the pool clean, and the pool is safe behind PgBouncer in transaction
 pooling mode. ``prepare_threshold`` defaults to None (no server-side prepared
 statements), which PgBouncer < 1.21 needs; pass an int on a direct connection.
+``check_connections`` (default True) makes the pool test a connection with an
+empty query before handing it out, so a backend that died while idle (a server
+or PgBouncer restart, pg_terminate_backend) is replaced instead of failing the
+next call; it costs one round trip per transaction.
 
 Work outside a context (:meth:`Database.transaction`) runs as the login role
 itself, with no ``app.user_id``: row-level security shows it nothing.
@@ -303,6 +307,7 @@ class Database(_DatabaseBase):
         timeout: float = 30.0,
         prepare_threshold: int | None = None,
         application_name: str = "agentapi-db",
+        check_connections: bool = True,
     ) -> None:
         super().__init__(url, key=key, old_key=old_key)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -312,6 +317,7 @@ class Database(_DatabaseBase):
             timeout=timeout,
             kwargs=_pool_kwargs(prepare_threshold, application_name),
             name="agentapi_db",
+            check=ConnectionPool.check_connection if check_connections else None,
             open=True,
         )
 
@@ -368,6 +374,7 @@ class AsyncDatabase(_DatabaseBase):
         timeout: float = 30.0,
         prepare_threshold: int | None = None,
         application_name: str = "agentapi-db",
+        check_connections: bool = True,
     ) -> None:
         super().__init__(url, key=key, old_key=old_key)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
@@ -377,6 +384,7 @@ class AsyncDatabase(_DatabaseBase):
             timeout=timeout,
             kwargs=_pool_kwargs(prepare_threshold, application_name),
             name="agentapi_db_async",
+            check=AsyncConnectionPool.check_connection if check_connections else None,
             open=False,
         )
         self._opened = False
