@@ -466,6 +466,9 @@ def _expected(conn: Conn, ahead: int, back: int) -> list[str]:
                                             {"ahead": ahead, "back": back})]
 
 
+_RELOPTIONS = "SELECT reloptions FROM pg_class WHERE oid = ('public.' || quote_ident(%s))::regclass"
+
+
 def test_ensure_partitions_creates_months_and_is_idempotent(db: TestDatabase) -> None:
     with db.connect() as conn:
         before = _partitions(conn)
@@ -483,6 +486,8 @@ def test_ensure_partitions_creates_months_and_is_idempotent(db: TestDatabase) ->
             # RLS on+forced; owner: no UPDATE/DELETE/TRUNCATE; the app reads only through
             # the parent (no grant on the partition itself); truncate trigger; comment
             assert posture == (True, True, False, False, False, False, True, True), name
+            # analyzed after 0.5% change: the current month's stats go stale fast
+            assert _scalar(conn, _RELOPTIONS, (name,)) == ["autovacuum_analyze_scale_factor=0.005"]
         assert run_lints(conn, ["rls_not_enabled_or_forced", "audit_log_mutable",
                                 "missing_comments", "public_grants"]) == []
 
