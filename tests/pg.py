@@ -29,6 +29,12 @@ from psycopg.rows import TupleRow
 
 from agentapi_db.cluster import ClusterError, LocalCluster, find_binaries
 
+# The contract's names, re-exported for the test modules.
+from agentapi_db.contract import APP_ROLE as APP_ROLE
+from agentapi_db.contract import OWNER_ROLE as OWNER_ROLE
+from agentapi_db.contract import SERVICE_ROLE as SERVICE_ROLE
+from agentapi_db.contract import TABLES as TABLES
+
 Conn = psycopg.Connection[TupleRow]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,11 +42,6 @@ SCHEMA_SQL = REPO_ROOT / "database" / "schema.sql"
 
 SUPERUSER = "postgres"
 """Pass to :meth:`TestDatabase.connect` / ``url`` for the server's superuser."""
-
-# Group roles created by database/schema.sql (the contract's roles).
-OWNER_ROLE = "agentapi_owner"
-APP_ROLE = "agentapi_app"
-SERVICE_ROLE = "agentapi_service"
 
 # Login roles created by the test suite, one per group role, plus one with no membership.
 APP_LOGIN = "app_login"
@@ -59,15 +60,6 @@ GROUP_ROLES = (OWNER_ROLE, APP_ROLE, SERVICE_ROLE)
 LOGIN_PASSWORD = os.environ.get("AGENTAPI_TEST_LOGIN_PASSWORD", "agentapi-test-login")
 """Password of the test logins (a private test cluster uses trust auth anyway)."""
 
-TABLES = (
-    "organizations",
-    "users",
-    "user_sessions",
-    "mcp_configurations",
-    "mcp_oauth_tokens",
-    "system_prompts",
-    "audit_logs",
-)
 
 
 def make_url(

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import sql
 
 from agentapi_db.cluster import ClusterError, LocalCluster, default_data_dir
+from agentapi_db.contract import TABLES
 from agentapi_db.migrations import (
     MigrationError,
     MigrationState,
@@ -60,15 +61,7 @@ LOCAL_LOGIN = "agentapi_local"
 
 LOCAL_GROUPS = ("agentapi_app", "agentapi_service")
 
-COUNTED_TABLES = (
-    "organizations",
-    "users",
-    "user_sessions",
-    "mcp_configurations",
-    "mcp_oauth_tokens",
-    "system_prompts",
-    "audit_logs",
-)
+COUNTED_TABLES = TABLES
 
 # --------------------------------------------------------------------------- SQL
 _SQL_DB_EXISTS = "SELECT 1 FROM pg_catalog.pg_database WHERE datname = %s"
