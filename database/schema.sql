@@ -660,17 +660,21 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_defau
 -- an index condition on organization_id, so an admin page is an ordered index
 -- range scan of one tenant instead of a bitmap OR and a sort.
 --
--- Where a policy already requires organization_id = organization_id(), it
--- compares user_id with requested_user_id() (the parsed app.user_id, an inlined
--- expression) instead of user_id() (a SECURITY DEFINER lookup, ~3x the cost):
--- organization_id() is NULL unless app.user_id names an existing, active user,
--- so the conjunction accepts exactly the rows it accepted with user_id(). A
--- policy without that organization test must keep user_id(). Likewise the admin
--- arm is "(SELECT admin_organization_id()) IS NOT NULL" (admin of the organization
--- already pinned), not "organization_id = admin_organization_id()": an OR of two
--- indexable tests makes the planner build a BitmapOr and sort the whole tenant,
--- where a test without a column leaves it the ordered index scan that a keyset
--- page needs (page 10 of a large tenant's sessions: 50 rows read, not 4,000).
+-- Every InitPlan is evaluated on its own, the first time a row needs it, and
+-- app.user_id can change between two of them within one statement (set_config
+-- in an outer join arm). So each arm of a policy must hold by itself, for
+-- whichever acting user its own helper saw: the user arm uses user_id() (which
+-- checks that the user exists and is active), never the bare parsed
+-- requested_user_id(); the admin arm compares the row's organization with
+-- admin_organization_id(). A review showed that a cheaper shape
+-- ("user_id = requested_user_id() OR admin_organization_id() IS NOT NULL",
+-- sound only while app.user_id stays fixed) let a member combine their own id
+-- with an admin id of another organization, or with an inactive colleague's id,
+-- in one statement (tests/test_security_regressions.py keeps it out).
+-- The admin arm is "organization_id IS NOT DISTINCT FROM admin_organization_id()":
+-- IS NOT DISTINCT FROM is not an index condition, so the planner keeps the
+-- ordered index range scan a keyset page needs (page 10 of a large tenant's
+-- sessions: 50 rows read) instead of a BitmapOr of two arms and a sort.
 --
 -- Considered and rejected (measured, bench/README.md): a per-transaction cache
 -- of (user, organization, role) in a setting, authenticated with a per-session
@@ -745,8 +749,8 @@ COMMENT ON POLICY users_delete_admin ON public.users IS 'Admins delete users of 
 CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
+           AND (user_id = (SELECT agentapi_auth.user_id())
+                OR organization_id IS NOT DISTINCT FROM (SELECT agentapi_auth.admin_organization_id())));
 CREATE POLICY user_sessions_insert_own ON public.user_sessions FOR INSERT TO agentapi_app
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO agentapi_app
@@ -754,8 +758,8 @@ CREATE POLICY user_sessions_update_own ON public.user_sessions FOR UPDATE TO age
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 CREATE POLICY user_sessions_delete ON public.user_sessions FOR DELETE TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
+           AND (user_id = (SELECT agentapi_auth.user_id())
+                OR organization_id IS NOT DISTINCT FROM (SELECT agentapi_auth.admin_organization_id())));
 
 COMMENT ON POLICY user_sessions_owner ON public.user_sessions IS 'The owner sees and changes every session.';
 COMMENT ON POLICY user_sessions_select ON public.user_sessions IS 'Users read their own sessions; admins read every session of their organization.';
@@ -768,7 +772,7 @@ COMMENT ON POLICY user_sessions_delete ON public.user_sessions IS 'Users delete 
 CREATE POLICY mcp_configurations_owner ON public.mcp_configurations TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY mcp_configurations_select ON public.mcp_configurations FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.requested_user_id())));
+           AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.user_id())));
 CREATE POLICY mcp_configurations_insert ON public.mcp_configurations FOR INSERT TO agentapi_app
     WITH CHECK ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
                 OR user_id = (SELECT agentapi_auth.user_id()));
@@ -806,7 +810,7 @@ CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agent
     USING ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
            OR (scope = 'user' AND organization_id = (SELECT agentapi_auth.organization_id())
-               AND user_id = (SELECT agentapi_auth.requested_user_id())));
+               AND user_id = (SELECT agentapi_auth.user_id())));
 CREATE POLICY system_prompts_insert ON public.system_prompts FOR INSERT TO agentapi_app
     WITH CHECK (((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
                  OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
@@ -833,11 +837,11 @@ CREATE POLICY audit_logs_owner_select ON public.audit_logs FOR SELECT TO agentap
 CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentapi_owner WITH CHECK (true);
 CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
-           AND (user_id = (SELECT agentapi_auth.requested_user_id())
-                OR (SELECT agentapi_auth.admin_organization_id()) IS NOT NULL));
+           AND (user_id = (SELECT agentapi_auth.user_id())
+                OR organization_id IS NOT DISTINCT FROM (SELECT agentapi_auth.admin_organization_id())));
 CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi_app
     WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id())
-                AND user_id = (SELECT agentapi_auth.requested_user_id()));
+                AND user_id = (SELECT agentapi_auth.user_id()));
 
 COMMENT ON POLICY audit_logs_owner_select ON public.audit_logs IS 'The owner reads every event (no UPDATE or DELETE policy exists for anyone).';
 COMMENT ON POLICY audit_logs_owner_insert ON public.audit_logs IS 'The owner may append events.';
@@ -1046,6 +1050,7 @@ LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'  -- month boundaries must not depend on the caller's TimeZone
 AS $$
 DECLARE
     first_month date := (date_trunc('month', now()) - make_interval(months => months_back))::date;
@@ -1563,6 +1568,7 @@ LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'  -- month boundaries must not depend on the caller's TimeZone
 SET lock_timeout = '3s'
 AS $$
 DECLARE
@@ -1655,6 +1661,7 @@ LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC'  -- month boundaries must not depend on the caller's TimeZone
 AS $$
 DECLARE
     part record;

@@ -10,6 +10,10 @@ Each test reproduces an attack that worked against an earlier version of
    questions about another tenant's configurations before RLS refused the row.
 3. Caller-chosen primary keys revealed, by collision, that another tenant's id exists.
 4. A global unique slug let an admin probe which slugs other tenants use.
+5. Policies whose arms trusted a helper evaluated for a different acting user: with
+   set_config between two InitPlans of one statement, a member borrowed another
+   tenant's admin id to read their own organization's admin-only rows.
+6. Month arithmetic in the caller's TimeZone left gaps between audit partitions.
 """
 
 from __future__ import annotations
@@ -159,3 +163,77 @@ def test_admin_cannot_probe_other_tenants_slugs(seeded: TestDatabase) -> None:
     with acting(conn, APP_ROLE, ADMIN_A):
         cur = conn.execute("UPDATE organizations SET name = 'A2' WHERE id = %s", (ORG_A,))
         assert cur.rowcount == 1
+
+
+# --- 5. identities mixed within one statement --------------------------------------
+# Each (SELECT agentapi_auth.x()) InitPlan is evaluated on its own; set_config in an
+# outer arm of a join can change app.user_id between two of them. Every policy arm
+# must hold for whichever user its own helper saw.
+
+_SEED_SESSIONS = (
+    "INSERT INTO user_sessions (user_id, organization_id, workspace_path) VALUES"
+    " (%(admin_a)s, %(org_a)s, '/w/admin-a'), (%(member_a)s, %(org_a)s, '/w/member-a'),"
+    " (%(admin_b)s, %(org_b)s, '/w/admin-b')"
+)
+_SEED_EVENTS = (
+    "INSERT INTO audit_logs (user_id, organization_id, action, resource_type) VALUES"
+    " (%(admin_a)s, %(org_a)s, 'admin.secret', 'x'), (%(member_a)s, %(org_a)s, 'own', 'x'),"
+    " (%(admin_b)s, %(org_b)s, 'b', 'x')"
+)
+_MIXED_IDENTITIES = """
+SELECT s.user_id::text
+  FROM (SELECT n, o, set_config('app.user_id', u, true) AS s
+          FROM (VALUES (1, %(org_b)s::uuid, %(first)s), (2, %(org_a)s::uuid, %(second)s))
+               AS x (n, o, u)
+        OFFSET 0) AS v
+  JOIN LATERAL (SELECT * FROM {table} AS s WHERE s.organization_id = v.o OFFSET 0) AS s ON true
+"""
+
+
+@pytest.mark.parametrize("table", ["user_sessions", "audit_logs"])
+def test_member_cannot_borrow_another_tenants_admin_in_one_statement(
+    seeded: TestDatabase, table: str
+) -> None:
+    with seeded.connect() as admin:
+        admin.execute(_SEED_SESSIONS, _IDS)
+        admin.execute(_SEED_EVENTS, _IDS)
+        admin.commit()
+    conn: Conn = seeded.connect(APP_LOGIN)
+    statement = sql.SQL(_MIXED_IDENTITIES).format(table=sql.Identifier(table))
+    with acting(conn, APP_ROLE, MEMBER_A):
+        rows = conn.execute(statement, {**_IDS, "first": MEMBER_A, "second": ADMIN_B}).fetchall()
+    seen = {row[0] for row in rows}
+    assert ADMIN_A not in seen, "a member read an admin's rows by mixing identities"
+    with acting(conn, APP_ROLE, MEMBER_A):
+        deleted = conn.execute(
+            "DELETE FROM user_sessions s USING (SELECT set_config('app.user_id', %s, true)) v"
+            " WHERE s.workspace_path = '/w/admin-a' AND s.organization_id = %s"
+            " RETURNING s.id",
+            (ADMIN_B, ORG_A),
+        ).fetchall()
+        assert deleted == []
+
+
+# --- 6. month boundaries do not depend on the caller's TimeZone ----------------------
+
+_MONTH_AHEAD_6H = (
+    "SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '4 months'"
+    " + interval '6 hours') AT TIME ZONE 'UTC'"
+)
+_INSERT_AT = (
+    "INSERT INTO audit_logs (action, resource_type, \"timestamp\") VALUES ('tz', 'test', %s)"
+    " RETURNING tableoid::regclass::text"
+)
+
+
+def test_partitions_made_in_another_time_zone_leave_no_gap(seeded: TestDatabase) -> None:
+    with seeded.connect() as conn:
+        conn.execute("SET TimeZone = 'Etc/GMT+12'")
+        conn.execute("SELECT audit_ensure_partitions(4, 0)")
+        conn.execute("RESET TimeZone")
+        at = conn.execute(_MONTH_AHEAD_6H).fetchone()
+        assert at is not None
+        landed = conn.execute(_INSERT_AT, (at[0],)).fetchone()
+        conn.rollback()
+    assert landed is not None
+    assert landed[0] != "audit_logs_default", "an event fell into a gap between partitions"
