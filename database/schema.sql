@@ -1429,6 +1429,19 @@ BEGIN
     IF NEW.organization_id IS NULL THEN
         RETURN NEW;
     END IF;
+    -- This BEFORE trigger runs before the caller's RLS check: for the application,
+    -- refuse another organization's row here, as RLS would, before touching that
+    -- organization's chain head (its lock would tell whether the organization is
+    -- enrolled and writing right now). Inside this definer function the caller's
+    -- role shows in the "role" setting (SET ROLE) or, without one, in the login's
+    -- memberships; maintenance logins (service, owner) write for any organization.
+    IF (pg_catalog.current_setting('role') = 'agentapi_app'
+        OR NOT (pg_catalog.pg_has_role(session_user, 'agentapi_service', 'MEMBER')
+                OR pg_catalog.pg_has_role(session_user, 'agentapi_owner', 'MEMBER')))
+       AND NEW.organization_id IS DISTINCT FROM agentapi_auth.organization_id() THEN
+        RAISE EXCEPTION 'new row violates row-level security policy for table "audit_logs"'
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
     -- The head row lock serializes the organization's writers (re-locking a row
     -- this transaction already holds is cheap; under REPEATABLE READ a concurrent
     -- writer makes this fail with a serialization error instead of forking the chain).
@@ -1598,7 +1611,10 @@ BEGIN
         EXECUTE pg_catalog.format(
             'CREATE POLICY audit_retired_owner_select ON agentapi_retired.%I FOR SELECT TO agentapi_owner USING (true)',
             part.name);
-        -- Verification of a chain starts after the last event that leaves.
+        -- Verification of a chain starts after the last event that leaves. Known
+        -- limit: an event backdated by agentapi_service (a timestamp older than
+        -- events chained before it) that retires early moves the base past those
+        -- live events, which verify-chain then counts as skipped, not checked.
         EXECUTE pg_catalog.format(
             'UPDATE public.audit_chain_heads AS h SET base_seq = t.chain_seq, base_hash = t.chain_hash '
             '  FROM (SELECT DISTINCT ON (r.organization_id) r.organization_id, r.chain_seq, r.chain_hash '

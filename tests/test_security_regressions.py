@@ -14,6 +14,8 @@ Each test reproduces an attack that worked against an earlier version of
    set_config between two InitPlans of one statement, a member borrowed another
    tenant's admin id to read their own organization's admin-only rows.
 6. Month arithmetic in the caller's TimeZone left gaps between audit partitions.
+7. The audit hash-chain trigger (SECURITY DEFINER, BEFORE INSERT, so before RLS)
+   locked another tenant's chain head, telling whether it is enrolled and writing.
 """
 
 from __future__ import annotations
@@ -237,3 +239,33 @@ def test_partitions_made_in_another_time_zone_leave_no_gap(seeded: TestDatabase)
         conn.rollback()
     assert landed is not None
     assert landed[0] != "audit_logs_default", "an event fell into a gap between partitions"
+
+
+# --- 7. the chain trigger answers nothing about another tenant ----------------------
+
+_ENABLE_CHAIN = "SELECT audit_chain_enable(%s)"
+_B_WRITES = (
+    "INSERT INTO audit_logs (user_id, organization_id, action, resource_type)"
+    " VALUES (%s, %s, 'b.busy', 'x')"
+)
+
+
+def test_chain_head_of_another_tenant_is_not_touched_before_rls(seeded: TestDatabase) -> None:
+    """Org B is enrolled and has an audit write in flight (its chain head is locked).
+    Member A naming org B must get RLS's refusal at once, not wait on B's lock."""
+    with seeded.connect() as admin:
+        admin.execute(_ENABLE_CHAIN, (ORG_B,))
+        admin.commit()
+    writer = seeded.connect()
+    writer.execute(_B_WRITES, (ADMIN_B, ORG_B))  # holds B's chain head until rollback
+    try:
+        conn: Conn = seeded.connect(APP_LOGIN)
+        with acting(conn, APP_ROLE, MEMBER_A), pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SET LOCAL lock_timeout = '2s'")
+            conn.execute(
+                "INSERT INTO audit_logs (user_id, organization_id, action, resource_type)"
+                " VALUES (%s, %s, 'probe', 'x')",
+                (MEMBER_A, ORG_B),
+            )
+    finally:
+        writer.rollback()
