@@ -1225,7 +1225,11 @@ GRANT INSERT (scope, organization_id, user_id, content, priority, template, enab
     ON public.system_prompts TO agentapi_app;
 GRANT UPDATE (content, priority, template, enabled) ON public.system_prompts TO agentapi_app;
 
-GRANT SELECT ON public.audit_logs TO agentapi_app;
+-- Not the hash-chain columns: chain_seq counts every event of the organization, so
+-- the gaps between a member's own events would show how much the rest wrote.
+GRANT SELECT (id, "timestamp", user_id, organization_id, action, resource_type, resource_id,
+              details, ip_address, user_agent, success, error_message)
+    ON public.audit_logs TO agentapi_app;
 GRANT INSERT (id, user_id, organization_id, action, resource_type, resource_id, details, ip_address,
               user_agent, success, error_message) ON public.audit_logs TO agentapi_app;
 

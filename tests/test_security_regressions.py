@@ -15,7 +15,8 @@ Each test reproduces an attack that worked against an earlier version of
    tenant's admin id to read their own organization's admin-only rows.
 6. Month arithmetic in the caller's TimeZone left gaps between audit partitions.
 7. The audit hash-chain trigger (SECURITY DEFINER, BEFORE INSERT, so before RLS)
-   locked another tenant's chain head, telling whether it is enrolled and writing.
+   locked another tenant's chain head, telling whether it is enrolled and writing;
+   and members could read chain positions, which count the whole organization's events.
 """
 
 from __future__ import annotations
@@ -188,7 +189,8 @@ SELECT s.user_id::text
           FROM (VALUES (1, %(org_b)s::uuid, %(first)s), (2, %(org_a)s::uuid, %(second)s))
                AS x (n, o, u)
         OFFSET 0) AS v
-  JOIN LATERAL (SELECT * FROM {table} AS s WHERE s.organization_id = v.o OFFSET 0) AS s ON true
+  JOIN LATERAL (SELECT s.user_id FROM {table} AS s WHERE s.organization_id = v.o OFFSET 0)
+       AS s ON true
 """
 
 
@@ -269,3 +271,18 @@ def test_chain_head_of_another_tenant_is_not_touched_before_rls(seeded: TestData
             )
     finally:
         writer.rollback()
+
+
+def test_members_cannot_read_chain_positions(seeded: TestDatabase) -> None:
+    """chain_seq counts all of an organization's events: gaps between a member's own
+    events would tell how much everyone else wrote."""
+    conn: Conn = seeded.connect(APP_LOGIN)
+    with acting(conn, APP_ROLE, MEMBER_A):
+        conn.execute(
+            "SELECT log_audit_event(%s, %s, 'own', 'x', NULL, NULL, NULL, NULL)",
+            (MEMBER_A, ORG_A),
+        )
+        own = conn.execute("SELECT count(*) FROM audit_logs").fetchone()
+        assert own == (1,)
+    with acting(conn, APP_ROLE, MEMBER_A), pytest.raises(errors.InsufficientPrivilege):
+        conn.execute("SELECT chain_seq, chain_hash FROM audit_logs")
