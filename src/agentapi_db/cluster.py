@@ -444,19 +444,7 @@ class LocalCluster:
                 f"port {self.port} on {HOST} is already in use; "
                 f"pick another port or remove {self.state_file}"
             )
-        argv = [
-            str(self.binaries.tool("pg_ctl")),
-            "start",
-            "--pgdata",
-            str(self.pgdata),
-            "--log",
-            str(self.log_file),
-            "--wait",
-            "--timeout",
-            str(timeout),
-            "--silent",
-        ]
-        result = self._run(argv, timeout=timeout + 30)
+        result = self._pg_ctl("start", "--log", str(self.log_file), timeout=timeout)
         if result.returncode != 0:
             raise ClusterError(
                 f"PostgreSQL did not start (pg_ctl exit {result.returncode}): "
@@ -467,24 +455,27 @@ class LocalCluster:
         """Stop the server. No-op if it does not run."""
         if not self.is_running():
             return
-        argv = [
-            str(self.binaries.tool("pg_ctl")),
-            "stop",
-            "--pgdata",
-            str(self.pgdata),
-            "--mode",
-            mode,
-            "--wait",
-            "--timeout",
-            str(timeout),
-            "--silent",
-        ]
-        result = self._run(argv, timeout=timeout + 30)
+        result = self._pg_ctl("stop", "--mode", mode, timeout=timeout)
         if result.returncode != 0:
             raise ClusterError(
                 f"PostgreSQL did not stop (pg_ctl exit {result.returncode}): "
                 f"{result.stdout}{result.stderr}"
             )
+
+    def _pg_ctl(self, action: str, *options: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        """Run ``pg_ctl ACTION`` on this cluster and wait for it (at most ``timeout`` s)."""
+        argv = [
+            str(self.binaries.tool("pg_ctl")),
+            action,
+            "--pgdata",
+            str(self.pgdata),
+            *options,
+            "--wait",
+            "--timeout",
+            str(timeout),
+            "--silent",
+        ]
+        return self._run(argv, timeout=timeout + 30)
 
     def restart(self, timeout: int = 60) -> None:
         self.stop(timeout=timeout)
