@@ -9,6 +9,7 @@ needs its own database (the partition tests use a fresh ``db``).
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -187,6 +188,41 @@ def test_updated_at_cannot_be_backdated_by_an_update(conn: Conn) -> None:
         conn.execute("UPDATE organizations SET updated_at = %s WHERE id = %s", (OLD, ORG1))
         row = conn.execute("SELECT updated_at = now() FROM organizations WHERE id = %s", (ORG1,))
         assert row.fetchone() == (True,)
+
+
+# --- agentapi_auth.requested_user_id ------------------------------------------------------
+
+_CANONICAL_UUID = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+)
+_REQUESTED = "SELECT set_config('app.user_id', %s, true), agentapi_auth.requested_user_id()"
+_HEXISH = st.sampled_from("0123456789abcdefABCDEF-{}g G\n\u0660\uff10x_%")
+
+
+def _uuid_like() -> st.SearchStrategy[str]:
+    """Canonical UUIDs, and near misses: one character changed, added or removed."""
+    canonical = st.uuids().map(str).flatmap(
+        lambda u: st.sampled_from([u, u.upper()])
+    )
+    mutated = st.tuples(canonical, st.integers(0, 36), _HEXISH, st.sampled_from("rid")).map(
+        lambda t: (t[0][: t[1]] + t[2] + t[0][t[1] + 1 :]) if t[3] == "r"
+        else (t[0][: t[1]] + t[2] + t[0][t[1] :]) if t[3] == "i"
+        else (t[0][: t[1]] + t[0][t[1] + 1 :])
+    )
+    return st.one_of(canonical, mutated, st.text(_HEXISH, max_size=40))
+
+
+@settings(max_examples=300, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_uuid_like())
+def test_requested_user_id_accepts_exactly_canonical_uuids(conn: Conn, value: str) -> None:
+    with acting(conn, None):
+        row = conn.execute(_REQUESTED, (value,)).fetchone()
+    assert row is not None
+    if _CANONICAL_UUID.fullmatch(value):
+        assert row[1] == uuid.UUID(value)
+    else:
+        assert row[1] is None
 
 
 # --- encrypt_token / decrypt_token ---------------------------------------------------------

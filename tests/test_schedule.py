@@ -88,6 +88,7 @@ def test_schedule_registers_jobs_idempotently(cron_cluster: LocalCluster) -> Non
         "agentapi-audit-partitions",
         "agentapi-audit-retention",
         "agentapi-session-cleanup",
+        "agentapi-tenant-statistics",
     ]
     assert all(j[3] == CRON_DB and j[4] == "postgres" for j in jobs.values())
     assert "audit_retention(12)" in str(jobs["agentapi-audit-retention"][2])
@@ -102,7 +103,11 @@ def test_schedule_registers_jobs_idempotently(cron_cluster: LocalCluster) -> Non
     fewer = run_cli("schedule", "--no-retention", "--json", env=env)
     assert fewer.code == 0, str(fewer)
     assert json.loads(fewer.stdout)["unscheduled"] == ["agentapi-audit-retention"]
-    assert sorted(_jobs(cron_cluster)) == ["agentapi-audit-partitions", "agentapi-session-cleanup"]
+    assert sorted(_jobs(cron_cluster)) == [
+        "agentapi-audit-partitions",
+        "agentapi-session-cleanup",
+        "agentapi-tenant-statistics",
+    ]
 
 
 def test_a_registered_job_really_runs(cron_cluster: LocalCluster) -> None:
@@ -158,5 +163,6 @@ def test_without_pg_cron_prints_crontab_lines(db: TestDatabase) -> None:
     assert lines == [
         "*/5 * * * * agentapi-db sessions cleanup",
         "15 3 * * * agentapi-db audit partitions --ahead 3",
+        "15 4 * * 0 agentapi-db stats --tune",
         "45 3 * * * agentapi-db audit retention --keep 6",
     ]

@@ -18,6 +18,10 @@ _DEAD_TUPLES = "UPDATE mcp_configurations SET enabled = NOT enabled"
 _FLUSH = "SELECT pg_stat_force_next_flush()"
 _DATABASES = "SELECT datname FROM pg_database WHERE datname LIKE 'agentapi_restore_check_%'"
 _COUNT_IN = "SELECT count(*) FROM mcp_oauth_tokens"
+_N_DISTINCT_OF_CONFIGS = """
+SELECT attoptions FROM pg_attribute
+ WHERE attrelid = 'mcp_configurations'::regclass AND attname = 'organization_id'
+"""
 
 
 def _populated(db: TestDatabase) -> None:
@@ -52,6 +56,23 @@ def test_stats_reports_sizes_dead_tuples_and_index_usage(db: TestDatabase) -> No
     text = run_cli("stats", env={"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)})
     assert text.code == 0, str(text)
     assert "public.mcp_configurations" in text.stdout and "unused index" in text.stdout
+
+
+def test_stats_tune_pins_the_tenant_estimate(db: TestDatabase) -> None:
+    _populated(db)  # one tenant: every table with rows gets 1.0 effective tenant
+    env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)}
+    out = run_cli("stats", "--tune", "--json", env=env)
+    assert out.code == 0, str(out)
+    tuned = {t["table"]: t for t in json.loads(out.stdout)["tuned"]}
+    assert tuned["mcp_configurations"]["rows"] >= 50
+    assert tuned["mcp_configurations"]["effective_tenants"] == 1.0
+    assert tuned["audit_logs"]["tenants"] == 1
+    with db.connect(SUPERUSER) as conn:
+        row = conn.execute(_N_DISTINCT_OF_CONFIGS).fetchone()
+    assert row is not None and row[0] == ["n_distinct=1.0"]
+    text = run_cli("stats", "--tune", env=env)
+    assert text.code == 0, str(text)
+    assert "mcp_configurations" in text.stdout and "effective tenants" in text.stdout
 
 
 def test_backup_then_restore_verify(db: TestDatabase, tmp_path: Path) -> None:

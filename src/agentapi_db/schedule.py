@@ -1,14 +1,15 @@
 """Scheduled maintenance (``agentapi-db schedule``): pg_cron jobs, or crontab lines.
 
-Three jobs keep a deployment healthy:
+Four jobs keep a deployment healthy:
 
-=============================  ===================  ==========================================
-job name                       default schedule     what it runs (as ``agentapi_service``)
-=============================  ===================  ==========================================
-``agentapi-session-cleanup``   every 5 minutes      ``cleanup_expired_sessions()``
-``agentapi-audit-partitions``  daily at 03:15       ``audit_ensure_partitions(3, 0)``
-``agentapi-audit-retention``   daily at 03:45       ``audit_retention(<keep>)`` (no export)
-=============================  ===================  ==========================================
+==============================  ===================  =========================================
+job name                        default schedule     what it runs (as ``agentapi_service``)
+==============================  ===================  =========================================
+``agentapi-session-cleanup``    every 5 minutes      ``cleanup_expired_sessions()``
+``agentapi-audit-partitions``   daily at 03:15       ``audit_ensure_partitions(3, 0)``
+``agentapi-audit-retention``    daily at 03:45       ``audit_retention(<keep>)`` (no export)
+``agentapi-tenant-statistics``  Sundays at 04:15     ``tune_tenant_statistics()``
+==============================  ===================  =========================================
 
 When the target database has the ``pg_cron`` extension, :func:`apply_schedule`
 registers them with ``cron.schedule(job_name, ...)``, which updates a job of the
@@ -76,6 +77,9 @@ _CMD_PARTITIONS: Final[LiteralString] = (
 _CMD_RETENTION: Final[LiteralString] = (
     "SET ROLE agentapi_service; SELECT public.audit_retention({});"
 )
+_CMD_STATISTICS: Final[LiteralString] = (
+    "SET ROLE agentapi_service; SELECT count(*) FROM public.tune_tenant_statistics();"
+)
 
 # --------------------------------------------------------------------------- API
 
@@ -115,6 +119,7 @@ def wanted_jobs(
     cleanup: str = "*/5 * * * *",
     partitions: str = "15 3 * * *",
     retention: str = "45 3 * * *",
+    statistics: str = "15 4 * * 0",
     keep_months: int | None = 12,
 ) -> list[Job]:
     """The jobs to register (retention only when ``keep_months`` is not None)."""
@@ -132,6 +137,13 @@ def wanted_jobs(
             _CMD_PARTITIONS,
             "agentapi-db audit partitions --ahead 3",
             "create the audit partitions of the next 3 months",
+        ),
+        Job(
+            "agentapi-tenant-statistics",
+            _check_cron(statistics),
+            _CMD_STATISTICS,
+            "agentapi-db stats --tune",
+            "pin the planner's tenant estimate (tune_tenant_statistics)",
         ),
     ]
     if keep_months is not None:

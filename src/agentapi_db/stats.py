@@ -9,6 +9,12 @@ reported *unused* when it was never scanned since the statistics were reset and
 it enforces nothing (not unique, not a primary key): a candidate to drop, after
 checking that the statistics cover a representative period (``stats_reset``).
 These views are readable by any role, so no special login is needed.
+
+:func:`tune_tenant_statistics` (``agentapi-db stats --tune``) runs
+``public.tune_tenant_statistics()`` as ``agentapi_service``: it pins the planner's
+estimate of a tenant's rows to the effective number of tenants, so that plans made
+without knowing the acting tenant (every plan under RLS) suit the large tenants
+(database/schema.sql, section 12.4).
 """
 
 from __future__ import annotations
@@ -17,9 +23,16 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final, LiteralString
 
-from agentapi_db.opsdb import Conn
+from agentapi_db.opsdb import Conn, service_transaction
 
-__all__ = ["DatabaseStats", "IndexStats", "TableStats", "collect_stats"]
+__all__ = [
+    "DatabaseStats",
+    "IndexStats",
+    "TableStats",
+    "TenantEstimate",
+    "collect_stats",
+    "tune_tenant_statistics",
+]
 
 _SCHEMAS: Final = ["public", "agentapi_auth", "agentapi_meta", "agentapi_retired"]
 
@@ -52,8 +65,31 @@ SELECT i.schemaname::text, i.relname::text, i.indexrelname::text,
  WHERE i.schemaname = ANY (%(schemas)s)
  ORDER BY i.schemaname, i.relname, i.indexrelname
 """
+_SQL_TUNE: Final[LiteralString] = """
+SELECT table_name, row_count, tenants, effective_tenants FROM public.tune_tenant_statistics()
+"""
 
 # --------------------------------------------------------------------------- API
+
+
+@dataclass(frozen=True)
+class TenantEstimate:
+    """What tune_tenant_statistics() pinned on one table (None: no rows, planner default)."""
+
+    table: str
+    rows: int
+    tenants: int
+    effective_tenants: float | None
+
+
+def tune_tenant_statistics(conn: Conn) -> list[TenantEstimate]:
+    """Run ``public.tune_tenant_statistics()`` as agentapi_service (one transaction)."""
+    with service_transaction(conn):
+        rows = conn.execute(_SQL_TUNE).fetchall()
+    return [
+        TenantEstimate(str(t), int(n), int(k), None if e is None else float(e))
+        for t, n, k, e in rows
+    ]
 
 
 @dataclass(frozen=True)

@@ -353,6 +353,10 @@ def schedule_command(
     retention_schedule: Annotated[
         str, typer.Option("--retention-schedule", help="Cron schedule of audit retention.")
     ] = "45 3 * * *",
+    statistics_schedule: Annotated[
+        str,
+        typer.Option("--statistics-schedule", help="Cron schedule of tune_tenant_statistics()."),
+    ] = "15 4 * * 0",
     keep: Annotated[
         int, typer.Option("--keep", min=1, max=1200, help="Months of audit log retention keeps.")
     ] = 12,
@@ -361,10 +365,11 @@ def schedule_command(
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Schedule session cleanup, audit partition upkeep and retention.
+    """Schedule session cleanup, audit partition upkeep, retention and statistics.
 
     With the pg_cron extension in the database: registers (or updates) the jobs
-    agentapi-session-cleanup, agentapi-audit-partitions, agentapi-audit-retention;
+    agentapi-session-cleanup, agentapi-audit-partitions, agentapi-audit-retention,
+    agentapi-tenant-statistics;
     running it again does not duplicate them. Without pg_cron: prints equivalent
     crontab lines and exits 0.
     """
@@ -374,6 +379,7 @@ def schedule_command(
             cleanup=cleanup_schedule,
             partitions=partitions_schedule,
             retention=retention_schedule,
+            statistics=statistics_schedule,
             keep_months=None if no_retention else keep,
         )
         version = schedule.pg_cron_version(conn)
@@ -451,13 +457,33 @@ def _when(value: object) -> str:
 
 @app.command("stats")
 @handles_errors
-def stats_command(database_url: DatabaseUrlOption = None, json_output: JsonOption = False) -> None:
+def stats_command(
+    database_url: DatabaseUrlOption = None,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help=(
+                "First pin the planner's tenant estimate on every tenant table "
+                "(tune_tenant_statistics(); run it after bulk loads)."
+            ),
+        ),
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
     """Table sizes, row estimates, dead tuples, (auto)vacuum/analyze, index usage."""
     with opsdb.connect(resolve_database_url(database_url)) as conn:
+        tuned = stats.tune_tenant_statistics(conn) if tune else []
         result = stats.collect_stats(conn)
     if json_output:
-        print_json(result.as_dict())
+        print_json(result.as_dict() | ({"tuned": [asdict(t) for t in tuned]} if tune else {}))
         return
+    for est in tuned:
+        planned = est.effective_tenants if est.effective_tenants is not None else "(default)"
+        console.print(
+            f"[green]✓[/] {est.table}: {est.rows} rows in {est.tenants} organizations, "
+            f"planned as {planned} effective tenants"
+        )
     console.print(
         f"database {escape(result.database)}: {_size(result.database_bytes)}; "
         f"statistics since {_when(result.stats_reset)}"
