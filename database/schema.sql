@@ -818,8 +818,7 @@ CREATE POLICY system_prompts_owner ON public.system_prompts TO agentapi_owner US
 CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agentapi_app
     USING ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
-           OR (scope = 'user' AND organization_id = (SELECT agentapi_auth.organization_id())
-               AND user_id = (SELECT agentapi_auth.user_id())));
+           OR (scope = 'user' AND user_id = (SELECT agentapi_auth.user_id())));
 CREATE POLICY system_prompts_insert ON public.system_prompts FOR INSERT TO agentapi_app
     WITH CHECK (((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
                  OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
@@ -834,6 +833,9 @@ CREATE POLICY system_prompts_delete ON public.system_prompts FOR DELETE TO agent
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())));
 
 COMMENT ON POLICY system_prompts_owner ON public.system_prompts IS 'The owner sees and changes every prompt.';
+-- A user prompt's organization is its user's (composite foreign key, and the
+-- scope check makes both columns non-null), so its arm needs only user_id():
+-- one helper call less on every session start.
 COMMENT ON POLICY system_prompts_select ON public.system_prompts IS 'Active users read global prompts, their organization''s prompts and their own user prompts.';
 COMMENT ON POLICY system_prompts_insert ON public.system_prompts IS
     'Users create their own user prompts; admins also organization prompts of their organization; global prompts are agentapi_service only. created_by, if set, is the acting user.';
