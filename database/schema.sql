@@ -1069,11 +1069,12 @@ DECLARE
     month_end date;
     part_name text;
     created integer := 0;
-    parent_n_distinct float8 := (
-        SELECT pg_catalog.split_part(o, '=', 2)::float8
+    -- As stored (a validated number), copied as a quoted literal.
+    parent_n_distinct text := (
+        SELECT pg_catalog.substr(o, 12)
           FROM pg_catalog.pg_attribute AS a, pg_catalog.unnest(a.attoptions) AS o
          WHERE a.attrelid = 'public.audit_logs'::pg_catalog.regclass
-           AND a.attname = 'organization_id' AND o LIKE 'n_distinct=%');
+           AND a.attname = 'organization_id' AND pg_catalog.starts_with(o, 'n_distinct='));
 BEGIN
     IF months_ahead IS NULL OR months_back IS NULL OR months_ahead < 0 OR months_back < 0
        OR months_ahead > 120 OR months_back > 240 THEN
@@ -1107,7 +1108,7 @@ BEGIN
         -- The tenant estimate pinned by tune_tenant_statistics() (section 12.4).
         IF parent_n_distinct IS NOT NULL THEN
             EXECUTE pg_catalog.format(
-                'ALTER TABLE public.%I ALTER COLUMN organization_id SET (n_distinct = %s)',
+                'ALTER TABLE public.%I ALTER COLUMN organization_id SET (n_distinct = %L)',
                 part_name, parent_n_distinct);
         END IF;
         EXECUTE pg_catalog.format('REVOKE ALL ON public.%I FROM PUBLIC', part_name);
@@ -1741,53 +1742,99 @@ COMMENT ON FUNCTION public.audit_retention(integer) IS
 -- for a keyset page is the same ordered index scan, reading only its own rows.
 --
 -- tune_tenant_statistics() computes that number for each table with an
--- organization_id, pins it with ALTER TABLE ... SET (n_distinct) and analyzes
--- the table; audit_ensure_partitions() copies it to new partitions. Run it
--- after a bulk load and now and then (the schedule runs it weekly). It counts
--- every row (2.8 s for the benchmark's full data set, 3.4M rows, here).
-CREATE FUNCTION public.tune_tenant_statistics()
+-- organization_id (or only for only_table), pins it with ALTER TABLE ... SET
+-- (n_distinct) on the table and each audit partition (and n_distinct_inherited
+-- on the audit_logs parent, which its own statistics use), and analyzes the
+-- table; audit_ensure_partitions() copies it to new partitions. Fewer than two
+-- tenants pins nothing (it resets): a first run on a one-tenant deployment must
+-- not make every later tenant look like the whole table. Autovacuum keeps a
+-- pinned value, so it changes only when this runs again: after a bulk load or
+-- an onboarding wave, and weekly from the schedule. It counts every row of the
+-- table (2.8 s for the benchmark's full data set, 3.4M rows, here), all of them
+-- before it takes any lock beyond a reader's; the ALTERs and the ANALYZEs then
+-- hold SHARE UPDATE EXCLUSIVE locks (reads and writes go on; DDL waits) until
+-- the transaction ends, so `agentapi-db stats --tune` runs one table per
+-- transaction. lock_timeout: it gives up rather than queue behind DDL, which
+-- would make the application queue behind it.
+CREATE FUNCTION public.tune_tenant_statistics(only_table text DEFAULT NULL)
 RETURNS TABLE (table_name text, row_count bigint, tenants bigint, effective_tenants numeric)
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '3s'
 AS $$
 DECLARE
+    all_tables constant text[] := ARRAY['users', 'user_sessions', 'mcp_configurations',
+                                        'mcp_oauth_tokens', 'system_prompts', 'audit_logs'];
+    tables text[] := '{}';
+    counts bigint[] := '{}';
+    tenant_counts bigint[] := '{}';
+    effective numeric[] := '{}';
     tbl text;
-    part regclass;
+    part text;
+    n bigint;
+    k bigint;
+    e numeric;
 BEGIN
-    FOREACH tbl IN ARRAY ARRAY['users', 'user_sessions', 'mcp_configurations', 'mcp_oauth_tokens',
-                               'system_prompts', 'audit_logs'] LOOP
+    IF only_table IS NOT NULL AND NOT only_table = ANY (all_tables) THEN
+        RAISE EXCEPTION 'only_table must be one of %', pg_catalog.array_to_string(all_tables, ', ')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- First count everything (readers' locks only), then alter and analyze: the
+    -- SHARE UPDATE EXCLUSIVE locks are not held while later tables are counted.
+    -- The counts also hold ACCESS SHARE on every audit partition until the
+    -- transaction ends, so retention cannot detach one before the list below is used.
+    FOREACH tbl IN ARRAY all_tables LOOP
+        CONTINUE WHEN only_table IS NOT NULL AND tbl <> only_table;
         EXECUTE pg_catalog.format(
             'SELECT coalesce(sum(s.n), 0)::bigint, count(*), '
             '       round(sum(s.n)::numeric ^ 2 / nullif(sum(s.n::numeric * s.n), 0), 1) '
             '  FROM (SELECT count(*) AS n FROM public.%I '
             '         WHERE organization_id IS NOT NULL GROUP BY organization_id) AS s', tbl)
-            INTO row_count, tenants, effective_tenants;
+            INTO n, k, e;
+        tables := tables || tbl;
+        counts := counts || n;
+        tenant_counts := tenant_counts || k;
+        effective := effective || CASE WHEN k >= 2 THEN e END;
+    END LOOP;
+    FOR i IN 1 .. coalesce(pg_catalog.array_length(tables, 1), 0) LOOP
+        tbl := tables[i];
         table_name := tbl;
+        row_count := counts[i];
+        tenants := tenant_counts[i];
+        effective_tenants := effective[i];
         FOR part IN
-            SELECT pg_catalog.format('public.%I', tbl)::regclass
+            SELECT tbl
             UNION ALL
-            SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits AS i
-             WHERE i.inhparent = pg_catalog.format('public.%I', tbl)::regclass
+            SELECT c.relname::text
+              FROM pg_catalog.pg_inherits AS h
+              JOIN pg_catalog.pg_class AS c ON c.oid = h.inhrelid
+             WHERE h.inhparent = pg_catalog.format('public.%I', tbl)::pg_catalog.regclass
         LOOP
             IF effective_tenants IS NULL THEN
                 EXECUTE pg_catalog.format(
-                    'ALTER TABLE %s ALTER COLUMN organization_id RESET (n_distinct)', part);
+                    'ALTER TABLE public.%I ALTER COLUMN organization_id RESET (n_distinct, n_distinct_inherited)',
+                    part);
             ELSE
                 EXECUTE pg_catalog.format(
-                    'ALTER TABLE %s ALTER COLUMN organization_id SET (n_distinct = %s)',
-                    part, greatest(effective_tenants, 1));
+                    'ALTER TABLE public.%I ALTER COLUMN organization_id SET (n_distinct = %s)',
+                    part, effective_tenants);
             END IF;
         END LOOP;
+        IF tbl = 'audit_logs' AND effective_tenants IS NOT NULL THEN
+            EXECUTE pg_catalog.format(
+                'ALTER TABLE public.audit_logs ALTER COLUMN organization_id SET (n_distinct_inherited = %s)',
+                effective_tenants);
+        END IF;
         EXECUTE pg_catalog.format('ANALYZE public.%I', tbl);
         RETURN NEXT;
     END LOOP;
 END
 $$;
 
-COMMENT ON FUNCTION public.tune_tenant_statistics() IS
-    'Sets n_distinct of organization_id on every tenant table (and audit partition) to the effective number of tenants, sum(n)^2/sum(n^2), then analyzes; returns rows, tenants and that number per table. Keeps RLS plans right for large tenants. For agentapi_service.';
+COMMENT ON FUNCTION public.tune_tenant_statistics(text) IS
+    'Sets n_distinct of organization_id on every tenant table (or only only_table), and on every audit partition, to the effective number of tenants, sum(n)^2/sum(n^2) (reset below two tenants), then analyzes; returns rows, tenants and that number per table. Keeps RLS plans right for large tenants. For agentapi_service.';
 
 GRANT SELECT ON public.audit_chain_heads TO agentapi_service;
 GRANT EXECUTE ON FUNCTION
@@ -1798,7 +1845,7 @@ GRANT EXECUTE ON FUNCTION
     public.audit_retention_detach(integer),
     public.audit_retention_drop(text, text),
     public.audit_retention(integer),
-    public.tune_tenant_statistics()
+    public.tune_tenant_statistics(text)
 TO agentapi_service;
 
 RESET ROLE;

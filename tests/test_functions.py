@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -215,6 +215,15 @@ def _uuid_like() -> st.SearchStrategy[str]:
 @settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=_uuid_like())
+@example(value="0123abcd-0000-4000-8000-00000000000A")
+@example(value="x123abcd-0000-4000-8000-000000000000")  # not hex at the first place
+@example(value="0123abcd-0000-4000-8000-00000000000x")  # nor at the last
+@example(value="0123abcd-0000-4000-8000-0000000-0000")  # a fifth hyphen
+@example(value="0123abcd-0000-4000-8000-000000000000\n")
+@example(value="0123abcd-0000-4000-8000-00000000000\u00e9")  # 36 characters, one multibyte
+@example(value="{0123abcd-0000-4000-8000-000000000000}")
+@example(value="0123abcd00004000800000000000000000000")
+@example(value="")
 def test_requested_user_id_accepts_exactly_canonical_uuids(conn: Conn, value: str) -> None:
     with acting(conn, None):
         row = conn.execute(_REQUESTED, (value,)).fetchone()

@@ -10,6 +10,7 @@ import psycopg
 from agentapi_db import backup as backup_module
 from agentapi_db import migrations
 from agentapi_db.keys import EncryptionKey
+from agentapi_db.stats import TENANT_TABLES
 from tests.cli_fixtures import run_cli
 from tests.ops_fixtures import app_events, seed_encrypted, seed_tenant, service_events
 from tests.pg import SERVICE_LOGIN, SUPERUSER, TestDatabase, drop_database
@@ -59,17 +60,21 @@ def test_stats_reports_sizes_dead_tuples_and_index_usage(db: TestDatabase) -> No
 
 
 def test_stats_tune_pins_the_tenant_estimate(db: TestDatabase) -> None:
-    _populated(db)  # one tenant: every table with rows gets 1.0 effective tenant
+    _populated(db)
+    seed_encrypted(db, seed_tenant(db, "ops2"), EncryptionKey.generate(), bearer=10, oauth=0)
     env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN)}
     out = run_cli("stats", "--tune", "--json", env=env)
     assert out.code == 0, str(out)
     tuned = {t["table"]: t for t in json.loads(out.stdout)["tuned"]}
-    assert tuned["mcp_configurations"]["rows"] >= 50
-    assert tuned["mcp_configurations"]["effective_tenants"] == 1.0
-    assert tuned["audit_logs"]["tenants"] == 1
+    assert list(tuned) == list(TENANT_TABLES)
+    configs = tuned["mcp_configurations"]
+    assert configs["rows"] == 60 and configs["tenants"] == 2
+    assert configs["effective_tenants"] == round(60**2 / (50**2 + 10**2), 1)
+    assert tuned["audit_logs"]["tenants"] == 1  # one tenant: nothing pinned
+    assert tuned["audit_logs"]["effective_tenants"] is None
     with db.connect(SUPERUSER) as conn:
         row = conn.execute(_N_DISTINCT_OF_CONFIGS).fetchone()
-    assert row is not None and row[0] == ["n_distinct=1.0"]
+    assert row is not None and row[0] == [f"n_distinct={configs['effective_tenants']}"]
     text = run_cli("stats", "--tune", env=env)
     assert text.code == 0, str(text)
     assert "mcp_configurations" in text.stdout and "effective tenants" in text.stdout

@@ -11,6 +11,7 @@ page of a large tenant read in index order rather than sorted.
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -50,6 +51,18 @@ SELECT md5('u' || o || '-1')::uuid, md5('o' || o)::uuid, 'a', 'r',
   FROM unnest(%(events_per_org)s::int[]) WITH ORDINALITY AS t(n, o), generate_series(1, t.n)
 """
 _SET_N_DISTINCT = "ALTER TABLE mcp_oauth_tokens ALTER COLUMN organization_id SET (n_distinct = 5)"
+# One global prompt (no organization) and 3 + 1 organization prompts: 16 / 10.
+_PROMPTS = """
+INSERT INTO system_prompts (scope, organization_id, content)
+VALUES ('global', NULL, 'g'), ('organization', md5('o1')::uuid, 'a'),
+       ('organization', md5('o1')::uuid, 'b'), ('organization', md5('o1')::uuid, 'c'),
+       ('organization', md5('o2')::uuid, 'd')
+"""
+_INHERITED = """
+SELECT attoptions FROM pg_attribute
+ WHERE attrelid = 'audit_logs'::regclass AND attname = 'organization_id'
+"""
+_TUNE_ONE = "SELECT table_name, effective_tenants FROM tune_tenant_statistics(%s)"
 _AUDIT_PAGE = """
 EXPLAIN (FORMAT JSON)
 SELECT id, "timestamp", user_id, organization_id, action
@@ -92,6 +105,7 @@ def test_effective_tenants_are_computed_and_pinned_everywhere(db: TestDatabase) 
     with db.connect() as conn:
         # users: 9 and 1 -> 100 / 82; sessions: 18 and 2 -> 400 / 328; events: 90 and 10.
         _seed(conn, [9, 1], 2, [90, 10])
+        conn.execute(_PROMPTS)
         conn.execute(_SET_N_DISTINCT)  # an old value on a table that is now empty
         conn.commit()
         result = _tune(conn)
@@ -99,6 +113,7 @@ def test_effective_tenants_are_computed_and_pinned_everywhere(db: TestDatabase) 
         assert result["users"] == (10, 2, 1.2)
         assert result["user_sessions"] == (20, 2, 1.2)
         assert result["audit_logs"] == (100, 2, 1.2)
+        assert result["system_prompts"] == (4, 2, 1.6)  # the global prompt is not counted
         assert result["mcp_oauth_tokens"] == (0, 0, None)
         assert set(result) == {"users", "user_sessions", "mcp_configurations",
                                "mcp_oauth_tokens", "system_prompts", "audit_logs"}
@@ -108,6 +123,39 @@ def test_effective_tenants_are_computed_and_pinned_everywhere(db: TestDatabase) 
         for name in ["users", "user_sessions", "audit_logs", *partitions]:
             assert pinned[name] == 1.2, name
         assert pinned["mcp_oauth_tokens"] is None  # reset, not left at 5
+        # The parent's own statistics (inherited) use n_distinct_inherited.
+        row = conn.execute(_INHERITED).fetchone()
+        assert row is not None and "n_distinct_inherited=1.2" in row[0]
+
+
+def test_a_single_tenant_pins_nothing(db: TestDatabase) -> None:
+    with db.connect() as conn:
+        _seed(conn, [3, 1], 1, [30, 10])
+        _tune(conn)
+        conn.execute("DELETE FROM organizations WHERE id = md5('o2')::uuid")
+        conn.commit()
+        # One organization left: pinning 1 would make every later tenant look like
+        # the whole table until the next run.
+        result = _tune(conn)
+        assert result["users"] == (3, 1, None)
+        assert result["user_sessions"] == (3, 1, None)
+        pinned = _n_distinct(conn)
+        assert pinned["users"] is None and pinned["user_sessions"] is None
+        # Audit events outlive their organization (no foreign key): still two tenants.
+        assert result["audit_logs"] == (40, 2, 1.6) and pinned["audit_logs_default"] == 1.6
+
+
+def test_one_table_at_a_time_and_only_known_tables(db: TestDatabase) -> None:
+    with db.connect() as conn:
+        _seed(conn, [3, 1], 1, [30, 10])
+        assert conn.execute(_TUNE_ONE, ("users",)).fetchall() == [("users", Decimal("1.6"))]
+        pinned = _n_distinct(conn)
+        assert pinned["users"] == 1.6 and pinned["user_sessions"] is None
+        conn.rollback()
+        for bad in ("organizations", "pg_class", "users; DROP TABLE users"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                conn.execute(_TUNE_ONE, (bad,))
+            conn.rollback()
 
 
 def test_a_new_audit_partition_gets_the_pinned_estimate(db: TestDatabase) -> None:

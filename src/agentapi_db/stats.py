@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final, LiteralString
 
+from agentapi_db.contract import TABLES
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
+    "TENANT_TABLES",
     "DatabaseStats",
     "IndexStats",
     "TableStats",
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 _SCHEMAS: Final = ["public", "agentapi_auth", "agentapi_meta", "agentapi_retired"]
+# The tables with an organization_id column (all but organizations itself).
+TENANT_TABLES: Final = tuple(t for t in TABLES if t != "organizations")
 
 # --------------------------------------------------------------------------- SQL
 
@@ -66,7 +70,8 @@ SELECT i.schemaname::text, i.relname::text, i.indexrelname::text,
  ORDER BY i.schemaname, i.relname, i.indexrelname
 """
 _SQL_TUNE: Final[LiteralString] = """
-SELECT table_name, row_count, tenants, effective_tenants FROM public.tune_tenant_statistics()
+SELECT table_name, row_count, tenants, effective_tenants
+  FROM public.tune_tenant_statistics(%(table)s)
 """
 
 # --------------------------------------------------------------------------- API
@@ -74,7 +79,7 @@ SELECT table_name, row_count, tenants, effective_tenants FROM public.tune_tenant
 
 @dataclass(frozen=True)
 class TenantEstimate:
-    """What tune_tenant_statistics() pinned on one table (None: no rows, planner default)."""
+    """What tune_tenant_statistics() pinned on one table (None: under two tenants, reset)."""
 
     table: str
     rows: int
@@ -83,13 +88,17 @@ class TenantEstimate:
 
 
 def tune_tenant_statistics(conn: Conn) -> list[TenantEstimate]:
-    """Run ``public.tune_tenant_statistics()`` as agentapi_service (one transaction)."""
-    with service_transaction(conn):
-        rows = conn.execute(_SQL_TUNE).fetchall()
-    return [
-        TenantEstimate(str(t), int(n), int(k), None if e is None else float(e))
-        for t, n, k, e in rows
-    ]
+    """Run ``public.tune_tenant_statistics(table)`` as agentapi_service, one table per
+    transaction, so that its SHARE UPDATE EXCLUSIVE locks cover one table at a time."""
+    result: list[TenantEstimate] = []
+    for table in TENANT_TABLES:
+        with service_transaction(conn):
+            rows = conn.execute(_SQL_TUNE, {"table": table}).fetchall()
+        result += [
+            TenantEstimate(str(t), int(n), int(k), None if e is None else float(e))
+            for t, n, k, e in rows
+        ]
+    return result
 
 
 @dataclass(frozen=True)
