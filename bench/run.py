@@ -61,6 +61,7 @@ from generate import Scale, generate, scale_named  # noqa: E402
 from pgscript import draw, parse_script, run_script, server_cpu_per_tx  # noqa: E402
 
 from agentapi_db.cluster import LocalCluster, find_binaries  # noqa: E402
+from agentapi_db.stats import tune_tenant_statistics  # noqa: E402
 
 SQL_DIR = HERE / "sql"
 RESULTS_JSON = HERE / "results.json"
@@ -120,8 +121,6 @@ _SQL_ANALYZE_OFTEN = (
     " autovacuum_analyze_threshold = 200)"
 )
 _SQL_CHECKPOINT = "CHECKPOINT"
-# What an operator runs after a bulk load (database/schema.sql, section 12.4).
-_SQL_TUNE = "SELECT table_name, effective_tenants FROM public.tune_tenant_statistics()"
 _SQL_ANALYZE_AUDIT = "ANALYZE public.audit_logs"
 _SQL_PREWARM_EXTENSION = "CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA bench"
 _SQL_PREWARM = """
@@ -265,10 +264,11 @@ def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[s
     counts, seconds = generate(server.url(name), scale, key)
     with psycopg.connect(server.url(name), autocommit=True) as conn:
         started = time.perf_counter()
-        tuned = conn.execute(_SQL_TUNE).fetchall()
+        # What an operator runs after a bulk load: agentapi-db stats --tune.
+        tuned = tune_tenant_statistics(conn)
         log(
             f"tune_tenant_statistics in {time.perf_counter() - started:.1f}s: "
-            + ", ".join(f"{t} {n}" for t, n in tuned)
+            + ", ".join(f"{t.table} {t.effective_tenants}" for t in tuned)
         )
         for (partition,) in conn.execute(_SQL_AUDIT_PARTITIONS).fetchall():
             conn.execute(sql.SQL(_SQL_ANALYZE_OFTEN).format(sql.Identifier("public", partition)))
