@@ -2,7 +2,8 @@
 
 A tiny interpreter for the subset of pgbench's script language the benchmark
 uses (``\\set name random(a, b)`` with integer arithmetic, SQL statements ending
-in ``;``, ``\\gset prefix``), so that the *same* script files serve three uses:
+in ``;``, ``\\gset prefix``, ``\\startpipeline``/``\\endpipeline``, which only
+change how pgbench batches round trips), so that the *same* script files serve three uses:
 
 * pgbench runs them for the latency figures;
 * :func:`run_script` runs them through psycopg to check that both forms return
@@ -29,6 +30,7 @@ import psycopg
 _SET_RE = re.compile(r"^\\set\s+(\w+)\s+(.+?)\s*$")
 _VAR_RE = re.compile(r"(?<![:\w]):(\w+)")
 _GSET_RE = re.compile(r"\\gset(?:\s+(\w+))?\s*$")
+_PIPELINE_COMMANDS = frozenset({"\\startpipeline", "\\endpipeline"})
 
 
 @dataclass
@@ -62,6 +64,8 @@ def parse_script(path: Path) -> Script:
     for raw in path.read_text(encoding="utf-8").splitlines():
         line = raw.rstrip()
         if not line.strip() or line.lstrip().startswith("--"):
+            continue
+        if line.strip() in _PIPELINE_COMMANDS:  # a latency matter: run statement by statement
             continue
         match = _SET_RE.match(line)
         if match:

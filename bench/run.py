@@ -465,34 +465,36 @@ def library_vs_raw(
 
     def via_raw(conn: psycopg.Connection[Any], u: int) -> int:
         uid, sid = ids(u)
-        with conn.transaction():
+        with conn.pipeline():  # BEGIN and the context in one round trip, as the library
+            conn.execute(Q.BEGIN)
             conn.execute(Q.CONTEXT_AS_USER, {"user_id": str(uid)})
-            conn.execute(Q.SESSION_GET, {"id": sid}).fetchone()
-            configs = conn.execute(
-                Q.MCP_LIST_EFFECTIVE, {"user_id": uid, "decrypt": True, "key": key, "old_key": None}
-            ).fetchall()
-            prompts = conn.execute(Q.PROMPT_EFFECTIVE, {"user_id": uid}).fetchall()
-            conn.execute(
-                Q.AUDIT_LOG,
-                {
-                    "user_id": None,
-                    "organization_id": None,
-                    "action": "session.start",
-                    "resource_type": "user_session",
-                    "resource_id": str(sid),
-                    "details": Jsonb({}),
-                    "ip_address": "127.0.0.1",
-                    "user_agent": "bench",
-                    "success": True,
-                    "error_message": None,
-                },
-            ).fetchone()
+        conn.execute(Q.SESSION_GET, {"id": sid}).fetchone()
+        configs = conn.execute(
+            Q.MCP_LIST_EFFECTIVE, {"user_id": uid, "decrypt": True, "key": key, "old_key": None}
+        ).fetchall()
+        prompts = conn.execute(Q.PROMPT_EFFECTIVE, {"user_id": uid}).fetchall()
+        conn.execute(
+            Q.AUDIT_LOG,
+            {
+                "user_id": None,
+                "organization_id": None,
+                "action": "session.start",
+                "resource_type": "user_session",
+                "resource_id": str(sid),
+                "details": Jsonb({}),
+                "ip_address": "127.0.0.1",
+                "user_agent": "bench",
+                "success": True,
+                "error_message": None,
+            },
+        ).fetchone()
+        conn.execute(Q.COMMIT)
         return len(configs) + len(prompts)
 
     lib_stats, raw_stats = Stats(), Stats()
     with (
         Database(url, key=ekey, min_size=1, max_size=1) as db,
-        psycopg.connect(url, autocommit=False, prepare_threshold=None) as conn,
+        psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn,
     ):
         for u in (1, 2, 3):
             if via_library(db, u) != via_raw(conn, u):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from typing import Any
 
 import pytest
@@ -58,6 +59,32 @@ def test_context_is_transaction_local_and_the_pooled_connection_comes_back_clean
                 "('role', 'app.user_id')"
             ).fetchone()
             assert guc is not None and guc[0] == 0
+
+
+def test_begin_and_the_context_take_one_round_trip(
+    db: TestDatabase, lib_key: EncryptionKey
+) -> None:
+    """as_user() sends BEGIN and its context statement in one pipeline: the empty block
+    makes two round trips in all (that one, and COMMIT), seen in libpq's trace."""
+    with Database(db.url(SERVICE_LOGIN), key=lib_key, max_size=1) as svc, svc.as_service() as tx:
+        _org, admin = tx.organizations.provision(name="T", slug="t", admin_email="t@t.test")
+    with Database(
+        db.url(APP_LOGIN), key=lib_key, min_size=1, max_size=1, check_connections=False
+    ) as app, tempfile.TemporaryFile("w+", encoding="utf-8") as trace:
+        with app.pool.connection() as conn:
+            conn.pgconn.trace(trace.fileno())
+        with app.as_user(admin.id) as tx:
+            pass
+        with app.pool.connection() as conn:
+            conn.pgconn.untrace()
+            assert _state(conn)["role"] == APP_LOGIN
+        trace.seek(0)
+        sent = [line.split("\t") for line in trace.read().splitlines()]
+    # libpq's trace: timestamp, direction, length, message type, ...
+    ends = [f[3] for f in sent if len(f) > 3 and f[1] == "F" and f[3] in ("Sync", "Query")]
+    texts = " ".join("\t".join(f[4:]) for f in sent if len(f) > 4 and f[1] == "F")
+    assert ends == ["Sync", "Query"], ends
+    assert "BEGIN" in texts and "app.user_id" in texts and "COMMIT" in texts
 
 
 def test_async_context_is_transaction_local(db: TestDatabase, lib_key: EncryptionKey) -> None:

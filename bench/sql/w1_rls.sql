@@ -5,9 +5,14 @@
 -- prompts; log an audit event. Form (b), w1_filter.sql, is the same statements
 -- with the tenant filters written by hand.
 -- Variables: :nusers, :key (a bind parameter under -M prepared).
+-- BEGIN and the context statement travel in one round trip (a pipeline), as the
+-- library sends them (agentapi_db.db); the server still does all of their work.
+-- Form (b) has no context statement: both forms make six round trips.
 \set u random(1, :nusers)
+\startpipeline
 BEGIN;
 SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', md5('u' || :u)::uuid::text, true);
+\endpipeline
 SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
        created_at, expires_at, last_active_at
   FROM public.user_sessions

@@ -5,10 +5,14 @@
 -- shape, 50 rows + 1 to know whether a next page exists).
 -- Variables: :nadmins (admins are users 50, 100, ...; run.py gives the count of
 -- those in the largest organization, users 1..n, so every page is full).
+-- BEGIN and the context statement travel in one round trip (a pipeline), as the
+-- library sends them (agentapi_db.db); the server still does all of their work.
 \set a random(1, :nadmins)
 \set u 50 * :a
+\startpipeline
 BEGIN;
 SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', md5('u' || :u)::uuid::text, true);
+\endpipeline
 SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
        created_at, expires_at, last_active_at,
        user_email, user_role, organization_name, organization_slug

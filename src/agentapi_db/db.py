@@ -17,8 +17,13 @@ Each ``with`` block is ONE transaction on one pooled connection. The role and
 ``app.user_id`` are set with ``set_config(..., true)`` (i.e. ``SET LOCAL``), so they
 end with the transaction: nothing session-level is ever set, the connection goes
 back to the pool clean, and the pool is safe behind PgBouncer in transaction
-pooling mode. ``prepare_threshold`` defaults to None (no server-side prepared
-statements), which PgBouncer < 1.21 needs; pass an int on a direct connection.
+pooling mode. The pool's connections are in autocommit mode: each block sends
+``BEGIN`` and the context statement together in one pipeline (one round trip; a
+psycopg-managed transaction would wait for its ``BEGIN`` first) and ends with
+``COMMIT``, or ``ROLLBACK`` after a failure. Use ``tx.connection.transaction()``
+inside a block for a savepoint; never commit the block's transaction yourself.
+``prepare_threshold`` defaults to None (no server-side prepared statements),
+which PgBouncer < 1.21 needs; pass an int on a direct connection.
 ``check_connections`` (default True) makes the pool test a connection with an
 empty query before handing it out, so a backend that died while idle (a server
 or PgBouncer restart, pg_terminate_backend) is replaced instead of failing the
@@ -247,9 +252,27 @@ class AsyncTransaction(_TxState):
             op.close()
 
 
+def _rollback_quietly(conn: psycopg.Connection[Any]) -> None:
+    """Roll back after a failure; an error here (a broken connection, which the pool
+    then discards) must not hide the failure being raised."""
+    try:
+        conn.execute(Q.ROLLBACK)
+    except psycopg.Error:
+        log.debug("agentapi_db: rollback after a failure failed too")
+
+
+async def _rollback_quietly_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """The asyncio twin of :func:`_rollback_quietly`."""
+    try:
+        await conn.execute(Q.ROLLBACK)
+    except psycopg.Error:
+        log.debug("agentapi_db: rollback after a failure failed too")
+
+
 def _pool_kwargs(prepare_threshold: int | None, application_name: str) -> dict[str, Any]:
+    # Autocommit: each transaction is delimited by BEGIN ... COMMIT of our own (_tx).
     return {
-        "autocommit": False,
+        "autocommit": True,
         "prepare_threshold": prepare_threshold,
         "application_name": application_name,
     }
@@ -325,13 +348,21 @@ class Database(_DatabaseBase):
     def _tx(self, context: OpContext) -> Iterator[Transaction]:
         setup, params = _context_query(context.mode, context.user_id)
         try:
-            with self.pool.connection() as conn, conn.transaction():
+            with self.pool.connection() as conn:
                 tx = Transaction(conn, context)
-                if setup is not None:
-                    tx.execute(Query("context", setup, params, "none"))
-                yield tx
-                if tx.failed:
-                    raise psycopg.Rollback()
+                ended = False
+                try:
+                    # BEGIN and the context statement in one round trip.
+                    with conn.pipeline():
+                        conn.execute(Q.BEGIN)
+                        if setup is not None:
+                            tx.execute(Query("context", setup, params, "none"))
+                    yield tx
+                    ended = True
+                    conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
+                finally:
+                    if not ended:
+                        _rollback_quietly(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             raise from_psycopg(exc) from exc
 
@@ -399,13 +430,20 @@ class AsyncDatabase(_DatabaseBase):
         setup, params = _context_query(context.mode, context.user_id)
         try:
             await self.open()
-            async with self.pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn:
                 tx = AsyncTransaction(conn, context)
-                if setup is not None:
-                    await tx.execute(Query("context", setup, params, "none"))
-                yield tx
-                if tx.failed:
-                    raise psycopg.Rollback()
+                ended = False
+                try:
+                    async with conn.pipeline():
+                        await conn.execute(Q.BEGIN)
+                        if setup is not None:
+                            await tx.execute(Query("context", setup, params, "none"))
+                    yield tx
+                    ended = True
+                    await conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
+                finally:
+                    if not ended:
+                        await _rollback_quietly_async(conn)
         except (psycopg.Error, PoolTimeout) as exc:
             raise from_psycopg(exc) from exc
 

@@ -31,6 +31,13 @@ CONTEXT_AS_USER: Final[LiteralString] = (
 )
 CONTEXT_AS_SERVICE: Final[LiteralString] = "SELECT set_config('role', 'agentapi_service', true)"
 
+# The pool's connections are in autocommit mode and each transaction is delimited
+# by these statements, so that BEGIN and the context statement above travel in one
+# pipeline (one round trip); psycopg's own BEGIN waits for its reply first.
+BEGIN: Final[LiteralString] = "BEGIN"
+COMMIT: Final[LiteralString] = "COMMIT"
+ROLLBACK: Final[LiteralString] = "ROLLBACK"
+
 # ---------------------------------------------------------------------------
 # organizations
 # ---------------------------------------------------------------------------
