@@ -350,7 +350,6 @@ class Database(_DatabaseBase):
         try:
             with self.pool.connection() as conn:
                 tx = Transaction(conn, context)
-                ended = False
                 try:
                     # BEGIN and the context statement in one round trip.
                     with conn.pipeline():
@@ -358,11 +357,10 @@ class Database(_DatabaseBase):
                         if setup is not None:
                             tx.execute(Query("context", setup, params, "none"))
                     yield tx
-                    ended = True
-                    conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
-                finally:
-                    if not ended:
-                        _rollback_quietly(conn)
+                except BaseException:
+                    _rollback_quietly(conn)
+                    raise
+                conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
         except (psycopg.Error, PoolTimeout) as exc:
             raise from_psycopg(exc) from exc
 
@@ -432,18 +430,16 @@ class AsyncDatabase(_DatabaseBase):
             await self.open()
             async with self.pool.connection() as conn:
                 tx = AsyncTransaction(conn, context)
-                ended = False
                 try:
                     async with conn.pipeline():
                         await conn.execute(Q.BEGIN)
                         if setup is not None:
                             await tx.execute(Query("context", setup, params, "none"))
                     yield tx
-                    ended = True
-                    await conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
-                finally:
-                    if not ended:
-                        await _rollback_quietly_async(conn)
+                except BaseException:
+                    await _rollback_quietly_async(conn)
+                    raise
+                await conn.execute(Q.ROLLBACK if tx.failed else Q.COMMIT)
         except (psycopg.Error, PoolTimeout) as exc:
             raise from_psycopg(exc) from exc
 
