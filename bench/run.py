@@ -101,6 +101,14 @@ SELECT count(public.decrypt_token(bearer_token, %s))
 _SQL_NO_PARALLEL = "SET max_parallel_workers_per_gather = 0"
 _SQL_EXPIRED = "SELECT count(*) FROM public.user_sessions WHERE expires_at <= now()"
 _SQL_SERVER_VERSION = "SHOW server_version"
+# The identity helpers' implementation (database/schema.sql section 5): the identity
+# cache of ext/agentapi_identity when the server has it, else the portable lookups.
+# The bench measures form (a) in both, switching one database back and forth.
+_SQL_IDENTITY_CACHE_INSTALLED = (
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'agentapi_identity')"
+)
+_SQL_AS_OWNER = "SET LOCAL ROLE agentapi_owner"
+_SQL_USE_IDENTITY_CACHE = "SELECT agentapi_auth.use_identity_cache(%s)"
 # A server's working set is hot; a bulk load leaves it in the OS cache only (bulk
 # writes go through a small ring of shared buffers). Read every table and index
 # of the schema into shared buffers before measuring, for both forms alike.
@@ -260,6 +268,9 @@ def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[s
         )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     psql(server, name, SCHEMA_SQL)
+    mode = "cache" if identity_cache_installed(server, name) else "portable"
+    _identity_default[name] = _identity_now[name] = mode
+    log(f"{name}: identity helpers {mode}")
     ensure_logins(server)
     counts, seconds = generate(server.url(name), scale, key)
     with psycopg.connect(server.url(name), autocommit=True) as conn:
@@ -288,6 +299,32 @@ class Case:
     script: str
     login: str
     variables: dict[str, str]
+    # The identity helpers to run with ("cache" or "portable"); None: the database's
+    # own, the cache when the server has ext/agentapi_identity (see use_identity()).
+    identity: str | None = None
+
+
+# The identity helpers each database was created with, and has now.
+_identity_default: dict[str, str] = {}
+_identity_now: dict[str, str] = {}
+
+
+def identity_cache_installed(server: Server, dbname: str) -> bool:
+    with psycopg.connect(server.url(dbname)) as conn:
+        row = conn.execute(_SQL_IDENTITY_CACHE_INSTALLED).fetchone()
+    return bool(row and row[0])
+
+
+def use_identity(server: Server, dbname: str, mode: str | None) -> None:
+    """Install the ``mode`` identity helpers in ``dbname`` unless it has them already."""
+    mode = mode or _identity_default[dbname]
+    if _identity_now.get(dbname) == mode:
+        return
+    with psycopg.connect(server.url(dbname)) as conn:
+        conn.execute(_SQL_AS_OWNER)
+        conn.execute(_SQL_USE_IDENTITY_CACHE, (mode == "cache",))
+        conn.commit()
+    _identity_now[dbname] = mode
 
 
 def pgbench(
@@ -305,6 +342,7 @@ def pgbench(
     in the same order as the latencies.
     """
     tool = str(find_binaries().tool("pgbench"))
+    use_identity(server, case.dbname, case.identity)
     with tempfile.TemporaryDirectory(prefix="agentapi-pgbench-") as logdir:
         argv = [
             tool,
@@ -791,15 +829,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 10 if quick else 50,
             ),
         }
+        # Form (a) with the other identity helpers, when the cache is the default.
+        b, s = big.name, small.name
+        db_b, db_s = dbs[b], dbs[s]
+        out["identity_helpers"] = _identity_default[db_b]
+        both_identities = out["identity_helpers"] == "cache"
+        if both_identities:
+            use_identity(server, db_b, "portable")
+            out["same_rows"]["w1_portable"] = same_rows(
+                server,
+                db_b,
+                "w1_rls.sql",
+                "w1_filter.sql",
+                [(2, 1), (3, 2), (4, 3)],
+                w1_vars(big, key),
+                10 if quick else 50,
+            )
+            use_identity(server, db_b, None)
         log(f"same rows: {out['same_rows']}")
 
         # Listed so that compared cases run side by side (see interleaved()).
-        b, s = big.name, small.name
-        db_b, db_s = dbs[b], dbs[s]
         cases = [
             Case(f"w1_libsql@{b}", db_b, "w1_libsql.sql", APP_LOGIN, w1_vars(big, key)),
             Case(f"w1_rls@{b}", db_b, "w1_rls.sql", APP_LOGIN, w1_vars(big, key)),
             Case(f"w1_filter@{b}", db_b, "w1_filter.sql", FILTER_LOGIN, w1_vars(big, key)),
+        ]
+        if both_identities:
+            cases.append(
+                Case(
+                    f"w1_rls_portable@{b}",
+                    db_b,
+                    "w1_rls.sql",
+                    APP_LOGIN,
+                    w1_vars(big, key),
+                    identity="portable",
+                )
+            )
+        cases += [
             Case(f"w1_filter@{s}", db_s, "w1_filter.sql", FILTER_LOGIN, w1_vars(small, key)),
             Case(f"w1_rls@{s}", db_s, "w1_rls.sql", APP_LOGIN, w1_vars(small, key)),
             Case(f"w2_rls@{b}", db_b, "w2_rls.sql", APP_LOGIN, w2_vars(big)),
@@ -836,6 +902,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         out["rls_vs_filter_p50"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p50_ms")
         out["rls_vs_filter_p99"] = ratio(f"w1_rls@{b}", f"w1_filter@{b}", "p99_ms")
+        if both_identities:
+            portable = f"w1_rls_portable@{b}"
+            out["rls_portable_vs_filter_p50"] = ratio(portable, f"w1_filter@{b}", "p50_ms")
+            out["rls_portable_vs_filter_p99"] = ratio(portable, f"w1_filter@{b}", "p99_ms")
         out["library_sql_rls_vs_filter_p50"] = ratio(f"w1_libsql@{b}", f"w1_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p50"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p99"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p99_ms")
@@ -846,14 +916,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         # Server CPU per transaction (barely disturbed by other load on the machine).
-        cpu: dict[str, list[float]] = {"w1_rls": [], "w1_filter": [], "w1_libsql": []}
+        # (label, script, login, identity helpers)
+        cpu_forms = [
+            ("w1_rls", "w1_rls", APP_LOGIN, None),
+            ("w1_filter", "w1_filter", FILTER_LOGIN, None),
+            ("w1_libsql", "w1_libsql", APP_LOGIN, None),
+        ]
+        if both_identities:
+            cpu_forms.append(("w1_rls_portable", "w1_rls", APP_LOGIN, "portable"))
+        cpu: dict[str, list[float]] = {label: [] for label, *_ in cpu_forms}
         n_cpu = 40 if quick else 300
         for _ in range(3 if quick else 7):
-            for form, login in (
-                ("w1_rls", APP_LOGIN),
-                ("w1_filter", FILTER_LOGIN),
-                ("w1_libsql", APP_LOGIN),
-            ):
+            for label, form, login, identity in cpu_forms:
+                use_identity(server, db_b, identity)
                 value = server_cpu_per_tx(
                     server.url(dbs[b], login),
                     parse_script(SQL_DIR / f"{form}.sql"),
@@ -861,12 +936,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     n_cpu,
                 )
                 if value is not None:
-                    cpu[form].append(value)
+                    cpu[label].append(value)
+        use_identity(server, db_b, None)
         if all(cpu.values()):
             out["server_cpu_us_per_tx"] = {k: statistics.median(v) for k, v in cpu.items()}
             out["rls_vs_filter_server_cpu"] = (
                 out["server_cpu_us_per_tx"]["w1_rls"] / out["server_cpu_us_per_tx"]["w1_filter"]
             )
+            if both_identities:
+                out["rls_portable_vs_filter_server_cpu"] = (
+                    out["server_cpu_us_per_tx"]["w1_rls_portable"]
+                    / out["server_cpu_us_per_tx"]["w1_filter"]
+                )
         log(f"server CPU per tx: {out.get('server_cpu_us_per_tx')}")
 
         # Workload 3: refresh claims, 2 concurrent workers.
@@ -938,6 +1019,14 @@ def report_table(res: dict[str, Any]) -> str:
         "(`LocalCluster(fast=True)`). The machine was shared with other work while this ran: "
         "wall-clock figures are noisy, the server-CPU figure much less so.",
         "",
+        f"Identity helpers of form (a): **{res.get('identity_helpers', 'portable')}**"
+        + (
+            " (the extension ext/agentapi_identity); the portable helpers, for servers "
+            "without it, were measured in the same run on the same database."
+            if res.get("identity_helpers") == "cache"
+            else " (the server lacks ext/agentapi_identity)."
+        ),
+        "",
         f"Data ({b}): {rows['organizations']:,} organizations, {rows['users']:,} users, "
         f"{rows['user_sessions']:,} sessions ({rows['expired_sessions']:,} expired), "
         f"{rows['mcp_configurations']:,} MCP configs "
@@ -953,6 +1042,8 @@ def report_table(res: dict[str, Any]) -> str:
             forms = [("rls", "(a) RLS"), ("filter", "(b) filter")]
             if w == "w1" and scale == b:
                 forms.append(("libsql", "(a) RLS, the library's statements"))
+                if f"w1_rls_portable@{b}" in lat:
+                    forms.append(("rls_portable", "(a) RLS, portable identity helpers"))
             for form, name in forms:
                 k = lat[f"{w}_{form}@{scale}"]
                 lines.append(
@@ -995,6 +1086,20 @@ def report_table(res: dict[str, Any]) -> str:
                 "",
             )
         )
+    if "rls_portable_vs_filter_p50" in res:
+        portable_cpu = (
+            f"; server CPU {_fmt(res['rls_portable_vs_filter_server_cpu'])}"
+            if "rls_portable_vs_filter_server_cpu" in res
+            else ""
+        )
+        lines.append(
+            _row(
+                "(the same with the portable identity helpers, no extension)",
+                f"{_fmt(res['rls_portable_vs_filter_p50'])} "
+                f"(p99 {_fmt(res['rls_portable_vs_filter_p99'])}{portable_cpu})",
+                "not the target's configuration" if rls <= 1.10 else "",
+            )
+        )
     lines += [
         _row(
             "(w1 with the library's statements, RLS ÷ filter, p50)",
@@ -1033,8 +1138,14 @@ def report_table(res: dict[str, Any]) -> str:
         _row("full scale loads in < 5 min", f"{load:.0f} s", verdict(load < 300)),
         _row(
             "both forms return the same rows",
-            f"w1 {res['same_rows']['w1']['statements_compared']} and "
-            f"w2 {res['same_rows']['w2']['statements_compared']} statement results compared",
+            f"w1 {res['same_rows']['w1']['statements_compared']}"
+            + (
+                f" (+{res['same_rows']['w1_portable']['statements_compared']} portable)"
+                if "w1_portable" in res["same_rows"]
+                else ""
+            )
+            + f" and w2 {res['same_rows']['w2']['statements_compared']} statement results "
+            "compared",
             "met",
         ),
         _row(

@@ -27,8 +27,10 @@
 --     first for types and tables) and TEMPORARY is revoked from PUBLIC.
 --   * The acting user comes from the transaction-local setting app.user_id.
 --     Organisation, role and the active flag are always derived from `users`
---     by SECURITY DEFINER helpers in the schema agentapi_auth; nothing the
---     caller sets by itself is trusted for them.
+--     by helpers in the schema agentapi_auth; nothing the caller sets by
+--     itself is trusted for them. The helpers are portable SECURITY DEFINER
+--     lookups, or, when the server has the C extension agentapi_identity
+--     (ext/), calls of its per-transaction identity cache (section 5).
 --   * Every policy calls those helpers wrapped in a scalar subquery,
 --     `(SELECT agentapi_auth.user_id())`, so each runs once per statement as
 --     an InitPlan, never once per row.
@@ -87,7 +89,7 @@ CREATE SCHEMA IF NOT EXISTS extensions AUTHORIZATION agentapi_owner;
 CREATE SCHEMA IF NOT EXISTS agentapi_auth AUTHORIZATION agentapi_owner;
 COMMENT ON SCHEMA extensions IS 'Extensions used by agentapi-db (pgcrypto, uuid-ossp), kept out of public.';
 COMMENT ON SCHEMA agentapi_auth IS
-    'Request-context helpers used by row-level security policies: SECURITY DEFINER, STABLE, pinned search_path, EXECUTE revoked from PUBLIC.';
+    'Request-context helpers used by row-level security policies (portable SECURITY DEFINER lookups with a pinned search_path, or calls of the identity cache of the extension agentapi_identity), EXECUTE revoked from PUBLIC.';
 
 -- PUBLIC gets nothing: not the public schema, not our functions or types.
 REVOKE ALL ON SCHEMA public FROM PUBLIC;
@@ -117,6 +119,32 @@ BEGIN
           JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
          WHERE e.extname = 'pgcrypto') <> 'extensions' THEN
         RAISE EXCEPTION 'pgcrypto is installed outside the schema "extensions"; move it with ALTER EXTENSION pgcrypto SET SCHEMA extensions';
+    END IF;
+END
+$$;
+
+-- Optional: agentapi_identity (ext/agentapi_identity), a small C extension
+-- that caches the acting user's identity for the RLS helpers (section 5). It
+-- is installed when the server has it and the applying role is a superuser,
+-- unless the session sets agentapi.identity_cache = off (then the helpers are
+-- the portable ones even if the extension is already installed). Without it
+-- the schema is fully portable.
+DO $$
+BEGIN
+    IF lower(coalesce(pg_catalog.current_setting('agentapi.identity_cache', true), '')) NOT IN ('off', 'false', 'no', '0')
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_available_extensions WHERE name = 'agentapi_identity') THEN
+        CREATE EXTENSION IF NOT EXISTS agentapi_identity WITH SCHEMA agentapi_auth;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e
+                WHERE e.extname = 'agentapi_identity'
+                  AND e.extnamespace = 'agentapi_auth'::pg_catalog.regnamespace) THEN
+        GRANT EXECUTE ON FUNCTION
+            agentapi_auth.cached_user_id(),
+            agentapi_auth.cached_organization_id(),
+            agentapi_auth.cached_admin_organization_id(),
+            agentapi_auth.cached_user_email()
+        TO agentapi_app, agentapi_service, agentapi_owner;
     END IF;
 END
 $$;
@@ -442,84 +470,132 @@ $$;
 COMMENT ON FUNCTION agentapi_auth.requested_user_id() IS
     'The transaction''s app.user_id parsed strictly as a canonical UUID; NULL if unset, empty or malformed. Not trusted by itself: see agentapi_auth.user_id().';
 
--- The acting user, their organization and whether they are an admin, from
--- `users`. These run as their owner (agentapi_owner), whose owner policy on
--- users is unconditional, so they never recurse into the users policies.
-CREATE FUNCTION agentapi_auth.user_id()
-RETURNS uuid
+-- The acting user, their organization, whether they are an admin, and their
+-- email, all from `users`: agentapi_auth.user_id(), organization_id(),
+-- admin_organization_id() and user_email(). They come in two implementations
+-- that give the same answers, and agentapi_auth.use_identity_cache() below
+-- installs one or the other under the same names (policies refer to the
+-- functions, not to their bodies):
+--
+--   * portable (any PostgreSQL 15+): SECURITY DEFINER plpgsql functions that
+--     look the user up on every call, i.e. once per policy reference and
+--     statement (about a dozen lookups for one session start). They run as
+--     their owner (agentapi_owner), whose owner policy on users is
+--     unconditional, so they never recurse into the users policies.
+--   * identity cache (when the extension agentapi_identity is installed,
+--     section 2): inlined SQL calls of the extension's C functions. They read
+--     the same row by the same rule, with the statement's snapshot, but look it
+--     up through the index once per transaction and app.user_id value; later
+--     statements recheck the remembered row version (a heap fetch), and calls
+--     under an unchanged snapshot reuse the answer. A change to users is seen
+--     exactly when the portable helpers would see it. See
+--     ext/agentapi_identity/README.md.
+CREATE FUNCTION agentapi_auth.use_identity_cache(enabled boolean)
+RETURNS boolean
 LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
+VOLATILE
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    requested uuid := agentapi_auth.requested_user_id();
-    found uuid;
+AS $fn$
 BEGIN
-    IF requested IS NULL THEN
-        RETURN NULL;
+    IF enabled IS NULL THEN
+        RAISE EXCEPTION 'use_identity_cache needs true (the identity cache) or false (portable helpers)'
+            USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    SELECT u.id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
-    RETURN found;
-END
-$$;
+    IF enabled THEN
+        IF (SELECT n.nspname FROM pg_catalog.pg_extension AS e
+              JOIN pg_catalog.pg_namespace AS n ON n.oid = e.extnamespace
+             WHERE e.extname = 'agentapi_identity') IS DISTINCT FROM 'agentapi_auth' THEN
+            RAISE EXCEPTION 'the extension agentapi_identity is not installed in the schema agentapi_auth of this database'
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Build and install ext/agentapi_identity on the server, then, as a superuser: CREATE EXTENSION agentapi_identity WITH SCHEMA agentapi_auth';
+        END IF;
+        CREATE OR REPLACE FUNCTION agentapi_auth.user_id() RETURNS uuid
+            LANGUAGE sql STABLE RETURN agentapi_auth.cached_user_id();
+        CREATE OR REPLACE FUNCTION agentapi_auth.organization_id() RETURNS uuid
+            LANGUAGE sql STABLE RETURN agentapi_auth.cached_organization_id();
+        CREATE OR REPLACE FUNCTION agentapi_auth.admin_organization_id() RETURNS uuid
+            LANGUAGE sql STABLE RETURN agentapi_auth.cached_admin_organization_id();
+        CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text
+            LANGUAGE sql STABLE RETURN agentapi_auth.cached_user_email();
+        RETURN true;
+    END IF;
 
-CREATE FUNCTION agentapi_auth.organization_id()
-RETURNS uuid
-LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    requested uuid := agentapi_auth.requested_user_id();
-    found uuid;
-BEGIN
-    IF requested IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT u.organization_id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
-    RETURN found;
-END
-$$;
+    CREATE OR REPLACE FUNCTION agentapi_auth.user_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        requested uuid := agentapi_auth.requested_user_id();
+        found uuid;
+    BEGIN
+        IF requested IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT u.id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+        RETURN found;
+    END
+    $$;
 
-CREATE FUNCTION agentapi_auth.admin_organization_id()
-RETURNS uuid
-LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    requested uuid := agentapi_auth.requested_user_id();
-    found uuid;
-BEGIN
-    IF requested IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT u.organization_id INTO found
-      FROM public.users AS u
-     WHERE u.id = requested AND u.is_active AND u.role = 'admin';
-    RETURN found;
-END
-$$;
+    CREATE OR REPLACE FUNCTION agentapi_auth.organization_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        requested uuid := agentapi_auth.requested_user_id();
+        found uuid;
+    BEGIN
+        IF requested IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT u.organization_id INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+        RETURN found;
+    END
+    $$;
 
-CREATE FUNCTION agentapi_auth.user_email()
-RETURNS text
-LANGUAGE plpgsql
-STABLE
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    requested uuid := agentapi_auth.requested_user_id();
-    found text;
+    CREATE OR REPLACE FUNCTION agentapi_auth.admin_organization_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        requested uuid := agentapi_auth.requested_user_id();
+        found uuid;
+    BEGIN
+        IF requested IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT u.organization_id INTO found
+          FROM public.users AS u
+         WHERE u.id = requested AND u.is_active AND u.role = 'admin';
+        RETURN found;
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text
+    LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        requested uuid := agentapi_auth.requested_user_id();
+        found text;
+    BEGIN
+        IF requested IS NULL THEN
+            RETURN NULL;
+        END IF;
+        SELECT u.email INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
+        RETURN found;
+    END
+    $$;
+
+    RETURN false;
+END
+$fn$;
+
+COMMENT ON FUNCTION agentapi_auth.use_identity_cache(boolean) IS
+    'Installs the identity helpers: true for the identity cache of the extension agentapi_identity (which must be installed in agentapi_auth), false for the portable SECURITY DEFINER lookups. Returns the mode now in use. For agentapi_owner (agentapi-db identity-cache).';
+
+DO $$
 BEGIN
-    IF requested IS NULL THEN
-        RETURN NULL;
-    END IF;
-    SELECT u.email INTO found FROM public.users AS u WHERE u.id = requested AND u.is_active;
-    RETURN found;
+    PERFORM agentapi_auth.use_identity_cache(
+        lower(coalesce(pg_catalog.current_setting('agentapi.identity_cache', true), '')) NOT IN ('off', 'false', 'no', '0')
+        AND EXISTS (SELECT 1 FROM pg_catalog.pg_extension AS e
+                     WHERE e.extname = 'agentapi_identity'
+                       AND e.extnamespace = 'agentapi_auth'::pg_catalog.regnamespace));
 END
 $$;
 

@@ -5,6 +5,7 @@
 #   * PostgreSQL >= 15 server with contrib (pgcrypto, uuid-ossp) and psql
 #   * pgbouncer
 #   * pg_cron for the installed server version
+#   * ext/agentapi_identity, built with PGXS (postgresql-server-dev) and installed
 #   * this package, editable, with the dev extras
 #
 # Debian's packages create and may start a default cluster ("main" on port 5432).
@@ -89,6 +90,30 @@ if ! [ -f "/usr/lib/postgresql/$major/lib/pg_cron.so" ]; then
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
+fi
+
+# --- agentapi_identity (ext/): the identity-cache extension ---------------------------
+# Built against the server found above and installed into its directories, so the
+# clusters that the tests, the demo and the benchmark start have it. The schema works
+# without it (portable helpers); with it, the RLS helpers look the acting user up once
+# per transaction. Rebuilt only when its sources change.
+ext_dir=ext/agentapi_identity
+pg_config_bin=/usr/lib/postgresql/$major/bin/pg_config
+pgxs_ok() { [ -x "$pg_config_bin" ] && [ -f "$("$pg_config_bin" --pgxs 2>/dev/null)" ]; }
+if ! pgxs_ok || ! command -v make >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
+  apt_install "postgresql-server-dev-$major" make gcc libc6-dev
+fi
+ext_want=$(cat "$ext_dir"/Makefile "$ext_dir"/*.control "$ext_dir"/*.sql "$ext_dir"/*.c | sha256sum | cut -d' ' -f1)
+ext_stamp="$("$pg_config_bin" --sharedir)/extension/agentapi_identity.sources-sha256"
+if ! [ -f "$ext_stamp" ] || [ "$(cat "$ext_stamp")" != "$ext_want" ] \
+   || ! [ -f "$("$pg_config_bin" --pkglibdir)/agentapi_identity.so" ]; then
+  log "build and install ext/agentapi_identity for PostgreSQL $major"
+  ext_build=$(mktemp -d)
+  cp "$ext_dir"/Makefile "$ext_dir"/*.control "$ext_dir"/*.sql "$ext_dir"/*.c "$ext_build"/
+  make -s -C "$ext_build" PG_CONFIG="$pg_config_bin" with_llvm=no
+  as_root make -s -C "$ext_build" PG_CONFIG="$pg_config_bin" with_llvm=no install
+  printf '%s\n' "$ext_want" | as_root tee "$ext_stamp" >/dev/null
+  rm -rf "$ext_build"
 fi
 
 # --- the Python package -------------------------------------------------------------

@@ -9,6 +9,9 @@
 * ``login_roles`` (session): the test logins ``app_login``, ``service_login``,
   ``owner_login`` (members of the matching group role) and ``outsider_login``.
 * ``db`` (function) / ``module_db`` (module): a fresh clone of the template.
+* ``identity_db`` (module) / ``identity_fn_db`` (function), two params each: a clone
+  with the identity helpers in ``cache`` mode (the extension agentapi_identity), then
+  in ``portable`` mode.
 
 A skipped test fails the run unless ``AGENTAPI_ALLOW_SKIPS=1``: a skip proves nothing.
 """
@@ -25,6 +28,7 @@ import pytest
 
 from agentapi_db.cluster import LocalCluster
 from tests.pg import (
+    IDENTITY_MODES,
     LOGIN_MEMBERSHIPS,
     SCHEMA_SQL,
     PgServer,
@@ -34,6 +38,7 @@ from tests.pg import (
     ensure_login_roles,
     run_psql_file,
     scratch_database,
+    set_identity_mode,
 )
 
 TEMPLATE_DB = "agentapi_template"
@@ -93,6 +98,32 @@ def module_db(
 ) -> Iterator[TestDatabase]:
     """One cloned database per test module (cases roll back their transaction)."""
     with scratch_database(pg_server, template_db) as database:
+        yield database
+
+
+@pytest.fixture(scope="module", params=IDENTITY_MODES)
+def identity_db(
+    request: pytest.FixtureRequest,
+    pg_server: PgServer,
+    template_db: str,
+    login_roles: dict[str, str | None],
+) -> Iterator[TestDatabase]:
+    """Like ``module_db``, once with each implementation of the identity helpers."""
+    with scratch_database(pg_server, template_db) as database:
+        set_identity_mode(database, str(request.param))
+        yield database
+
+
+@pytest.fixture(params=IDENTITY_MODES)
+def identity_fn_db(
+    request: pytest.FixtureRequest,
+    pg_server: PgServer,
+    template_db: str,
+    login_roles: dict[str, str | None],
+) -> Iterator[TestDatabase]:
+    """Like ``db``, once with each implementation of the identity helpers."""
+    with scratch_database(pg_server, template_db) as database:
+        set_identity_mode(database, str(request.param))
         yield database
 
 

@@ -266,3 +266,23 @@ def acting(conn: Conn, role: str | None, user_id: str | None = None) -> Iterator
         yield conn
     finally:
         conn.rollback()
+
+
+# The two implementations of the identity helpers (database/schema.sql section 5):
+# "cache" (the extension agentapi_identity; the template database has it) and
+# "portable" (SECURITY DEFINER lookups on every call).
+IDENTITY_MODES = ("cache", "portable")
+
+
+def set_identity_mode(db: TestDatabase, mode: str) -> None:
+    """Install the ``mode`` helpers in ``db`` (as agentapi_owner) and commit."""
+    if mode not in IDENTITY_MODES:
+        raise ValueError(f"unknown identity mode {mode!r}")
+    with db.connect(SUPERUSER) as conn:
+        conn.execute("SET LOCAL ROLE agentapi_owner")
+        row = conn.execute(
+            "SELECT agentapi_auth.use_identity_cache(%s)", (mode == "cache",)
+        ).fetchone()
+        conn.commit()
+    if row is None or row[0] is not (mode == "cache"):
+        raise RuntimeError(f"use_identity_cache did not switch to {mode}")

@@ -727,8 +727,8 @@ def check_case(seeded: Seeded, case: Case, *, set_role: bool = True) -> None:
 
 
 @pytest.fixture(scope="module")
-def seeded(module_db: TestDatabase) -> Seeded:
-    return seed(module_db)
+def seeded(identity_db: TestDatabase) -> Seeded:
+    return seed(identity_db)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -102,8 +102,8 @@ _SET_ROLE_SERVICE = "SET ROLE agentapi_service"
 
 
 @pytest.fixture(scope="module")
-def seeded(module_db: TestDatabase) -> Seeded:
-    return seed(module_db)
+def seeded(identity_db: TestDatabase) -> Seeded:
+    return seed(identity_db)
 
 
 def _as(seeded: Seeded, login: str, role: str) -> AbstractContextManager[Conn]:

@@ -18,6 +18,7 @@ from agentapi_db.lint import LINTS, Finding, LintError, run_lints, run_lints_asy
 from tests.pg import TestDatabase
 
 REQUIRED_LINTS = {
+    "identity_helpers",
     "rls_not_enabled_or_forced",
     "unindexed_foreign_keys",
     "security_definer_search_path",
@@ -97,9 +98,42 @@ MISTAKES: tuple[Mistake, ...] = (
         "public.leaky()", "no SET clause at all",
     ),
     Mistake(
-        "security_definer_search_path", "definer_helper_unpinned",
-        ("ALTER FUNCTION agentapi_auth.user_id() RESET search_path",),
+        "security_definer_search_path", "definer_trigger_unpinned",
+        ("ALTER FUNCTION public.audit_logs_chain() RESET search_path",),
+        "public.audit_logs_chain()", "without a pinned search_path",
+    ),
+    Mistake(
+        "security_definer_search_path", "portable_helper_unpinned",
+        ("SELECT agentapi_auth.use_identity_cache(false)",
+         "ALTER FUNCTION agentapi_auth.user_id() RESET search_path"),
         "agentapi_auth.user_id()", "without a pinned search_path",
+    ),
+    Mistake(
+        "identity_helpers", "helper_trusts_the_caller",
+        ("CREATE OR REPLACE FUNCTION agentapi_auth.organization_id() RETURNS uuid LANGUAGE sql"
+         " STABLE AS $$ SELECT nullif(current_setting('app.organization_id', true), '')::uuid $$",),
+        "agentapi_auth.organization_id()", "neither the portable STABLE SECURITY DEFINER",
+    ),
+    Mistake(
+        "identity_helpers", "immutable_helper",
+        ("CREATE OR REPLACE FUNCTION agentapi_auth.user_id() RETURNS uuid LANGUAGE sql"
+         " IMMUTABLE RETURN agentapi_auth.cached_user_id()",),
+        "agentapi_auth.user_id()", "neither the portable STABLE SECURITY DEFINER",
+    ),
+    Mistake(
+        "identity_helpers", "cache_call_with_a_fallback",
+        ("CREATE OR REPLACE FUNCTION agentapi_auth.organization_id() RETURNS uuid LANGUAGE sql"
+         " STABLE RETURN coalesce(agentapi_auth.cached_organization_id(),"
+         " nullif(current_setting('app.organization_id', true), '')::uuid)",),
+        "agentapi_auth.organization_id()", "RETURN agentapi_auth.cached_organization_id()",
+    ),
+    Mistake(
+        "identity_helpers", "half_switched",
+        ("SELECT agentapi_auth.use_identity_cache(true)",
+         "CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text LANGUAGE plpgsql"
+         " STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+         " AS $$ BEGIN RETURN NULL; END $$"),
+        "agentapi_auth identity helpers", "mix the portable and the identity-cache shapes",
     ),
     Mistake(
         "policy_unwrapped_call", "bare_helper_call",

@@ -15,6 +15,13 @@ from tests.cli_fixtures import run_cli
 from tests.ops_fixtures import Tenant, app_events, seed_tenant, service_events
 from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
+
+@pytest.fixture
+def db(identity_fn_db: TestDatabase) -> TestDatabase:
+    """Every case in both identity-helper modes (the chain trigger asks organization_id())."""
+    return identity_fn_db
+
+
 # Tampering happens as the superuser with triggers off (session_replication_role =
 # replica), which is exactly what the chain must expose.
 _REPLICA = "SET session_replication_role = replica"

@@ -141,9 +141,9 @@ _PARTITION_POSTURE = (
 
 
 @pytest.fixture(scope="module")
-def conn(module_db: TestDatabase) -> Iterator[Conn]:
+def conn(identity_db: TestDatabase) -> Iterator[Conn]:
     """Superuser connection to the module's database, seeded and committed once."""
-    connection = module_db.connect()
+    connection = identity_db.connect()
     for statement in _SEED:
         connection.execute(statement.encode(), IDS)
     connection.commit()
@@ -328,8 +328,8 @@ def test_key_of_exactly_32_characters_works(conn: Conn) -> None:
         assert _scalar(conn, _DECRYPT, (_scalar(conn, _ENCRYPT, ("t", key)), key)) == "t"
 
 
-def test_application_can_encrypt_and_decrypt(module_db: TestDatabase) -> None:
-    with module_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
+def test_application_can_encrypt_and_decrypt(identity_db: TestDatabase) -> None:
+    with identity_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
         assert _scalar(app, _DECRYPT, (_scalar(app, _ENCRYPT, ("t", KEY)), KEY)) == "t"
 
 
@@ -345,9 +345,9 @@ def _log_params(user_id: uuid.UUID | None, org_id: uuid.UUID | None) -> dict[str
 @pytest.mark.parametrize("login, role", [(SERVICE_LOGIN, "agentapi_service"),
                                          (APP_LOGIN, "agentapi_app")])
 def test_log_audit_event_returns_id_of_stored_row(
-    module_db: TestDatabase, login: str, role: str
+    identity_db: TestDatabase, login: str, role: str
 ) -> None:
-    with module_db.connect(login) as other, acting(other, role, str(U2)):
+    with identity_db.connect(login) as other, acting(other, role, str(U2)):
         event_id = _scalar(other, _LOG, _log_params(U2, ORG1))
         assert isinstance(event_id, uuid.UUID)
         row = other.execute(_AUDIT_ROW.encode(), (event_id,)).fetchone()
@@ -366,9 +366,9 @@ def test_log_audit_event_records_failures_and_null_details(conn: Conn) -> None:
 @pytest.mark.parametrize("user_id, org_id", [(U1, ORG1), (U2, ORG2), (U3, ORG2), (None, ORG1)],
                          ids=["other_user", "other_org", "other_tenant", "no_user"])
 def test_log_audit_event_cannot_forge_as_application(
-    module_db: TestDatabase, user_id: uuid.UUID | None, org_id: uuid.UUID
+    identity_db: TestDatabase, user_id: uuid.UUID | None, org_id: uuid.UUID
 ) -> None:
-    with module_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U2)):
+    with identity_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U2)):
         error = _error(app, _LOG, _log_params(user_id, org_id))
     assert error.sqlstate == INSUFFICIENT_PRIVILEGE
     assert "row-level security" in str(error)
@@ -378,7 +378,7 @@ def test_log_audit_event_cannot_forge_as_application(
 
 
 def test_cleanup_deletes_exactly_the_expired_sessions(
-    module_db: TestDatabase, conn: Conn
+    identity_db: TestDatabase, conn: Conn
 ) -> None:
     try:
         survivors: set[uuid.UUID] = set()
@@ -393,7 +393,7 @@ def test_cleanup_deletes_exactly_the_expired_sessions(
             survivors.add(_scalar(conn, _SESSION_NO_EXPIRY, {"user_id": U1, "org_id": ORG1,
                                                              "path": f"/forever/{i}"}))
         conn.commit()
-        with module_db.connect(SERVICE_LOGIN) as service, acting(service, "agentapi_service"):
+        with identity_db.connect(SERVICE_LOGIN) as service, acting(service, "agentapi_service"):
             assert _scalar(service, _CLEANUP) == 3
             assert {r[0] for r in service.execute(_SESSION_IDS)} == survivors
             assert _scalar(service, _CLEANUP) == 0
@@ -402,8 +402,8 @@ def test_cleanup_deletes_exactly_the_expired_sessions(
         conn.commit()
 
 
-def test_cleanup_is_not_for_the_application(module_db: TestDatabase) -> None:
-    with module_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
+def test_cleanup_is_not_for_the_application(identity_db: TestDatabase) -> None:
+    with identity_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
         error = _error(app, _CLEANUP, None)
     assert error.sqlstate == INSUFFICIENT_PRIVILEGE
 
@@ -461,8 +461,8 @@ def _effective(conn: Conn, user_id: uuid.UUID, org_id: uuid.UUID) -> list[tuple[
 @pytest.mark.usefixtures("prompts")
 @pytest.mark.parametrize("login, role", [(SERVICE_LOGIN, "agentapi_service"),
                                          (APP_LOGIN, "agentapi_app")])
-def test_effective_prompts_order(module_db: TestDatabase, login: str, role: str) -> None:
-    with module_db.connect(login) as other, acting(other, role, str(U1)):
+def test_effective_prompts_order(identity_db: TestDatabase, login: str, role: str) -> None:
+    with identity_db.connect(login) as other, acting(other, role, str(U1)):
         rows = _effective(other, U1, ORG1)
     assert [(content, scope) for content, scope, _ in rows] == EXPECTED_FOR_U1
     assert [precedence for _, _, precedence in rows] == list(range(1, len(EXPECTED_FOR_U1) + 1))
@@ -488,9 +488,9 @@ def test_effective_prompts_empty_unless_user_in_org(
 
 @pytest.mark.usefixtures("prompts")
 def test_effective_prompts_never_cross_tenants_for_the_application(
-    module_db: TestDatabase,
+    identity_db: TestDatabase,
 ) -> None:
-    with module_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
+    with identity_db.connect(APP_LOGIN) as app, acting(app, "agentapi_app", str(U1)):
         assert _effective(app, U3, ORG2) == []
         # Another member of the same org: RLS hides U2's own prompt from U1.
         assert [c for c, _, _ in _effective(app, U2, ORG1)] == [

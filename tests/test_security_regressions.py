@@ -28,7 +28,15 @@ import psycopg
 import pytest
 from psycopg import errors, sql
 
-from tests.pg import APP_LOGIN, APP_ROLE, Conn, TestDatabase, acting
+from tests.pg import (
+    APP_LOGIN,
+    APP_ROLE,
+    IDENTITY_MODES,
+    Conn,
+    TestDatabase,
+    acting,
+    set_identity_mode,
+)
 
 ORG_A = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/org-a"))
 ORG_B = str(uuid.uuid5(uuid.NAMESPACE_URL, "regress/org-b"))
@@ -81,8 +89,9 @@ _GRANT_TEMP = "GRANT TEMPORARY ON DATABASE {} TO agentapi_app"
 _SET_USER = "SELECT set_config('app.user_id', %s, true)"
 
 
-@pytest.fixture
-def seeded(db: TestDatabase) -> Iterator[TestDatabase]:
+@pytest.fixture(params=IDENTITY_MODES)
+def seeded(request: pytest.FixtureRequest, db: TestDatabase) -> Iterator[TestDatabase]:
+    set_identity_mode(db, str(request.param))
     with db.connect() as conn:
         for statement in _SEED:
             conn.execute(statement, _IDS)

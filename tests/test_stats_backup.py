@@ -19,9 +19,11 @@ _DEAD_TUPLES = "UPDATE mcp_configurations SET enabled = NOT enabled"
 _FLUSH = "SELECT pg_stat_force_next_flush()"
 _DATABASES = "SELECT datname FROM pg_database WHERE datname LIKE 'agentapi_restore_check_%'"
 _COUNT_IN = "SELECT count(*) FROM mcp_oauth_tokens"
+# Only the n_distinct options: PostgreSQL 15.20 also keeps its own (pg_attver=...) there.
 _N_DISTINCT_OF_CONFIGS = """
-SELECT attoptions FROM pg_attribute
- WHERE attrelid = 'mcp_configurations'::regclass AND attname = 'organization_id'
+SELECT array_agg(o ORDER BY o) FROM pg_attribute AS a, unnest(a.attoptions) AS o
+ WHERE a.attrelid = 'mcp_configurations'::regclass AND a.attname = 'organization_id'
+   AND o LIKE 'n_distinct%'
 """
 
 

@@ -1,7 +1,8 @@
-"""Operations commands: key rotation, audit partitions/retention/chain, schedule, stats, backup.
+"""Operations commands: key rotation, audit partitions/retention/chain, schedule, stats, backup,
+identity cache.
 
 Each command is a thin shell over a module of the package (``rotation``,
-``retention``, ``chain``, ``schedule``, ``stats``, ``backup``); keys come only from
+``retention``, ``chain``, ``schedule``, ``stats``, ``backup``, ``identity``); keys come only from
 the environment (``AGENTAPI_ENCRYPTION_KEY``, ``AGENTAPI_OLD_ENCRYPTION_KEY`` or
 their ``_FILE`` twins), never from the command line.
 """
@@ -19,7 +20,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentapi_db import backup, chain, opsdb, refresh, retention, rotation, schedule, stats
+from agentapi_db import (
+    backup,
+    chain,
+    identity,
+    opsdb,
+    refresh,
+    retention,
+    rotation,
+    schedule,
+    stats,
+)
 from agentapi_db.cli.app import (
     DatabaseUrlOption,
     ExitCode,
@@ -510,6 +521,57 @@ def stats_command(
         f"{len(unused)} unused index(es) (never scanned, not unique): "
         + (", ".join(f"{i.schema}.{i.index}" for i in unused) or "none")
     )
+
+
+# --------------------------------------------------------------------------- identity cache
+
+
+@app.command("identity-cache")
+@handles_errors
+def identity_cache_command(
+    database_url: DatabaseUrlOption = None,
+    enable: Annotated[
+        bool | None,
+        typer.Option(
+            "--on/--off",
+            help=(
+                "Switch the RLS identity helpers to the cache of the extension "
+                "agentapi_identity (--on) or to the portable lookups (--off)."
+            ),
+        ),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Show (or switch) how RLS finds the acting user: per-transaction cache or portable.
+
+    The cache needs the extension agentapi_identity (ext/agentapi_identity) installed in
+    the database by a superuser; schema.sql installs it when the server has it.
+    Connect as a superuser or a member of agentapi_owner.
+    """
+    with opsdb.connect(resolve_database_url(database_url, superuser=True)) as conn:
+        if enable is None:
+            result = identity.identity_mode(conn)
+        else:
+            result = identity.use_identity_cache(conn, enable)
+    if json_output:
+        print_json(result.as_dict())
+    else:
+        installed = (
+            f"agentapi_identity {result.extension_version} installed"
+            if result.extension_version
+            else "agentapi_identity not installed"
+            + (
+                f" (the server has {result.extension_available})"
+                if result.extension_available
+                else " (not on the server)"
+            )
+        )
+        mark = "[green]✓[/]" if result.mode != "invalid" else "[red]✗[/]"
+        console.print(f"{mark} identity helpers: {result.mode}; {escape(installed)}")
+        for problem in result.problems:
+            console.print(f"    [red]{escape(problem)}[/]", soft_wrap=True)
+    if result.mode == "invalid":
+        raise typer.Exit(int(ExitCode.FAILURE))
 
 
 # --------------------------------------------------------------------------- backup

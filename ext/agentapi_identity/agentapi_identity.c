@@ -1,0 +1,461 @@
+/*
+ * agentapi_identity: a per-transaction cache of the acting user's identity.
+ *
+ * agentapi-db's row-level security policies need the acting user's id,
+ * organization, admin flag and email. The portable schema derives them from
+ * `users` in SECURITY DEFINER plpgsql helpers, once per policy reference and
+ * statement: about a dozen index lookups for one session start. With this
+ * module the helpers (agentapi_auth.user_id() and friends) become inlined SQL
+ * calls of the functions below, which give the same answers more cheaply:
+ *
+ *  - The answer comes from public.users, by the same rule as the portable
+ *    helpers: the row whose id is app.user_id (parsed exactly as
+ *    requested_user_id() parses it), if is_active; admin when role = 'admin'.
+ *    Nothing else the caller sets is read.
+ *  - It is read with the snapshot of the statement that asks, as the portable
+ *    helpers read it. The first call of a transaction looks the row up
+ *    through users_pkey and remembers where the row version is (its TID) and
+ *    the snapshot it was checked against. A later call under the same snapshot
+ *    (same xmin, xmax, command id, and no transaction completed since:
+ *    snapXactCompletionCount) reuses the answer. Under any other snapshot it
+ *    fetches the row version at that TID: if it is still visible and still the
+ *    requested user's, its values are taken again (a heap fetch, no index
+ *    descent); otherwise it looks the user up through the index again. So a
+ *    change to users, committed by another transaction or made by this one, is
+ *    seen exactly when the portable helpers would see it.
+ *  - The answer is keyed by the exact app.user_id text and the backend's local
+ *    transaction id, and dropped at the end of every transaction and when a
+ *    subtransaction aborts (a row version it made is gone).
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_enum.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/itemptr.h"
+#include "storage/proc.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/snapshot.h"
+#include "utils/syscache.h"
+#include "utils/uuid.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(agentapi_identity_user_id);
+PG_FUNCTION_INFO_V1(agentapi_identity_organization_id);
+PG_FUNCTION_INFO_V1(agentapi_identity_admin_organization_id);
+PG_FUNCTION_INFO_V1(agentapi_identity_user_email);
+
+void		_PG_init(void);
+
+/* What public.users said for one app.user_id text in one transaction. */
+typedef struct IdentityCache
+{
+	bool		valid;
+	LocalTransactionId lxid;
+	char	   *request;		/* app.user_id text, NULL if unset */
+	bool		parsed;			/* request is a canonical UUID */
+	pg_uuid_t	requested;
+	/* the users row version the answer came from, if one was visible */
+	bool		have_row;
+	ItemPointerData tid;
+	/* the snapshot the answer was last checked against */
+	bool		checked;
+	TransactionId snap_xmin;
+	TransactionId snap_xmax;
+	CommandId	snap_curcid;
+	uint64		snap_completions;
+	/* the answer */
+	bool		found;			/* an active user */
+	pg_uuid_t	user_id;
+	pg_uuid_t	organization_id;
+	bool		is_admin;
+	char	   *email;			/* NULL if none */
+} IdentityCache;
+
+/* The parts of public.users this module reads. */
+typedef struct UsersTable
+{
+	Oid			relid;
+	Oid			pkey;
+	AttrNumber	id;
+	AttrNumber	organization_id;
+	AttrNumber	role;
+	AttrNumber	is_active;
+	AttrNumber	email;
+} UsersTable;
+
+static IdentityCache cache;
+
+static LocalTransactionId
+current_lxid(void)
+{
+#if PG_VERSION_NUM >= 170000
+	return MyProc->vxid.lxid;
+#else
+	return MyProc->lxid;
+#endif
+}
+
+static void
+forget_answer(void)
+{
+	cache.have_row = false;
+	cache.checked = false;
+	cache.found = false;
+	cache.is_admin = false;
+	if (cache.email != NULL)
+	{
+		pfree(cache.email);
+		cache.email = NULL;
+	}
+}
+
+static void
+invalidate(void)
+{
+	forget_answer();
+	cache.valid = false;
+	cache.parsed = false;
+	if (cache.request != NULL)
+	{
+		pfree(cache.request);
+		cache.request = NULL;
+	}
+}
+
+static void
+on_xact(XactEvent event, void *arg)
+{
+	invalidate();
+}
+
+static void
+on_subxact(SubXactEvent event, SubTransactionId mySubid,
+		   SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		invalidate();
+}
+
+void
+_PG_init(void)
+{
+	memset(&cache, 0, sizeof(cache));
+	RegisterXactCallback(on_xact, NULL);
+	RegisterSubXactCallback(on_subxact, NULL);
+}
+
+static bool
+same_request(const char *request)
+{
+	if (request == NULL || cache.request == NULL)
+		return request == NULL && cache.request == NULL;
+	return strcmp(request, cache.request) == 0;
+}
+
+/*
+ * app.user_id parsed exactly as agentapi_auth.requested_user_id() does: a
+ * canonical UUID (36 characters, hyphens at 8, 13, 18 and 23, ASCII hex digits
+ * elsewhere, either case) or nothing.
+ */
+static bool
+parse_request(const char *request, pg_uuid_t *out)
+{
+	int			i;
+
+	if (request == NULL || strlen(request) != 36)
+		return false;
+	for (i = 0; i < 36; i++)
+	{
+		char		c = request[i];
+
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (c != '-')
+				return false;
+		}
+		else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+			return false;
+	}
+	memcpy(out, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(request))),
+		   sizeof(pg_uuid_t));
+	return true;
+}
+
+static Snapshot
+statement_snapshot(void)
+{
+	return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+}
+
+/* Whether the answer was already checked against a snapshot that sees the same. */
+static bool
+checked_against(Snapshot snapshot)
+{
+	return cache.checked &&
+		snapshot->snapshot_type == SNAPSHOT_MVCC &&
+		snapshot->snapXactCompletionCount != 0 &&
+		snapshot->snapXactCompletionCount == cache.snap_completions &&
+		snapshot->xmin == cache.snap_xmin &&
+		snapshot->xmax == cache.snap_xmax &&
+		snapshot->curcid == cache.snap_curcid;
+}
+
+static void
+remember_snapshot(Snapshot snapshot)
+{
+	cache.snap_xmin = snapshot->xmin;
+	cache.snap_xmax = snapshot->xmax;
+	cache.snap_curcid = snapshot->curcid;
+	cache.snap_completions = snapshot->snapXactCompletionCount;
+	cache.checked = true;
+}
+
+static AttrNumber
+users_column(Relation users, const char *column, Oid type)
+{
+	AttrNumber	attnum = get_attnum(RelationGetRelid(users), column);
+	Oid			actual;
+
+	if (attnum == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("agentapi_identity: public.users has no column \"%s\"", column)));
+	actual = TupleDescAttr(RelationGetDescr(users), attnum - 1)->atttypid;
+	if (type == InvalidOid ? !type_is_enum(actual) : actual != type)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("agentapi_identity: public.users.%s has an unexpected type", column)));
+	return attnum;
+}
+
+/* Opens public.users (AccessShareLock, kept to the end of the transaction). */
+static Relation
+open_users(UsersTable *table)
+{
+	Oid			public_ns = get_namespace_oid("public", false);
+	Relation	users;
+
+	table->relid = get_relname_relid("users", public_ns);
+	table->pkey = get_relname_relid("users_pkey", public_ns);
+	if (!OidIsValid(table->relid) || !OidIsValid(table->pkey))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("agentapi_identity needs public.users and its primary key users_pkey"),
+				 errhint("Install the extension through database/schema.sql.")));
+	users = table_open(table->relid, AccessShareLock);
+	table->id = users_column(users, "id", UUIDOID);
+	table->organization_id = users_column(users, "organization_id", UUIDOID);
+	table->role = users_column(users, "role", InvalidOid);
+	table->is_active = users_column(users, "is_active", BOOLOID);
+	table->email = users_column(users, "email", TEXTOID);
+	return users;
+}
+
+/* Whether an enum value of users.role is the label 'admin'. */
+static bool
+is_admin_label(Oid value)
+{
+	HeapTuple	tuple = SearchSysCache1(ENUMOID, ObjectIdGetDatum(value));
+	bool		admin;
+
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for enum value %u", value);
+	admin = strcmp(NameStr(((Form_pg_enum) GETSTRUCT(tuple))->enumlabel), "admin") == 0;
+	ReleaseSysCache(tuple);
+	return admin;
+}
+
+/*
+ * Takes the answer from a visible row version of public.users, if it is the
+ * requested user's; returns false (and takes nothing) if it is another row.
+ */
+static bool
+take_row(const UsersTable *table, TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		value;
+
+	value = slot_getattr(slot, table->id, &isnull);
+	if (isnull || memcmp(DatumGetUUIDP(value), &cache.requested, sizeof(pg_uuid_t)) != 0)
+		return false;
+
+	forget_answer();
+	cache.have_row = true;
+	ItemPointerCopy(&slot->tts_tid, &cache.tid);
+	value = slot_getattr(slot, table->is_active, &isnull);
+	if (isnull || !DatumGetBool(value))
+		return true;			/* the user exists but is not active: no identity */
+
+	value = slot_getattr(slot, table->organization_id, &isnull);
+	if (isnull)
+		return true;
+	memcpy(&cache.user_id, &cache.requested, sizeof(pg_uuid_t));
+	memcpy(&cache.organization_id, DatumGetUUIDP(value), sizeof(pg_uuid_t));
+	value = slot_getattr(slot, table->role, &isnull);
+	cache.is_admin = !isnull && is_admin_label(DatumGetObjectId(value));
+	value = slot_getattr(slot, table->email, &isnull);
+	if (!isnull)
+		cache.email = MemoryContextStrdup(TopMemoryContext, TextDatumGetCString(value));
+	cache.found = true;
+	return true;
+}
+
+/* Looks the requested user up through users_pkey with `snapshot`. */
+static void
+look_up(Snapshot snapshot)
+{
+	UsersTable	table;
+	Relation	users;
+	Relation	pkey;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	TupleTableSlot *slot;
+
+	forget_answer();
+	users = open_users(&table);
+	pkey = index_open(table.pkey, AccessShareLock);
+	if (pkey->rd_index->indrelid != table.relid || !pkey->rd_index->indisunique ||
+		!pkey->rd_index->indisvalid || pkey->rd_index->indnkeyatts != 1 ||
+		pkey->rd_index->indkey.values[0] != table.id)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("agentapi_identity: users_pkey is not the valid unique index on public.users (id)")));
+
+	slot = table_slot_create(users, NULL);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(&cache.requested));
+#if PG_VERSION_NUM >= 180000
+	scan = index_beginscan(users, pkey, snapshot, NULL, 1, 0);
+#else
+	scan = index_beginscan(users, pkey, snapshot, 1, 0);
+#endif
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		(void) take_row(&table, slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(pkey, NoLock);
+	table_close(users, NoLock);
+	remember_snapshot(snapshot);
+}
+
+/*
+ * Checks the remembered row version under `snapshot`: if it is still visible
+ * (and the requested user's), takes its values again; otherwise looks up.
+ */
+static void
+recheck(Snapshot snapshot)
+{
+	UsersTable	table;
+	Relation	users;
+	TupleTableSlot *slot;
+	bool		current = false;
+
+	if (cache.have_row)
+	{
+		users = open_users(&table);
+		slot = table_slot_create(users, NULL);
+		current = table_tuple_fetch_row_version(users, &cache.tid, snapshot, slot) &&
+			take_row(&table, slot);
+		ExecDropSingleTupleTableSlot(slot);
+		table_close(users, NoLock);
+	}
+	if (current)
+		remember_snapshot(snapshot);
+	else
+		look_up(snapshot);
+}
+
+/* The identity for the current app.user_id under the statement's snapshot. */
+static const IdentityCache *
+identity(void)
+{
+	const char *request = GetConfigOption("app.user_id", true, false);
+	Snapshot	snapshot;
+
+	if (!(cache.valid && cache.lxid == current_lxid() && same_request(request)))
+	{
+		invalidate();
+		cache.parsed = parse_request(request, &cache.requested);
+		if (request != NULL)
+			cache.request = MemoryContextStrdup(TopMemoryContext, request);
+		cache.lxid = current_lxid();
+		cache.valid = true;
+	}
+	if (!cache.parsed)
+		return &cache;			/* unset, empty or malformed: nobody */
+
+	snapshot = statement_snapshot();
+	if (!checked_against(snapshot))
+	{
+		/* Until the answer is complete, a failure must leave nothing behind. */
+		cache.valid = false;
+		recheck(snapshot);
+		cache.valid = true;
+	}
+	return &cache;
+}
+
+static Datum
+uuid_datum(const pg_uuid_t *value)
+{
+	pg_uuid_t  *copy = (pg_uuid_t *) palloc(sizeof(pg_uuid_t));
+
+	memcpy(copy, value, sizeof(pg_uuid_t));
+	return UUIDPGetDatum(copy);
+}
+
+Datum
+agentapi_identity_user_id(PG_FUNCTION_ARGS)
+{
+	const IdentityCache *id = identity();
+
+	if (!id->found)
+		PG_RETURN_NULL();
+	return uuid_datum(&id->user_id);
+}
+
+Datum
+agentapi_identity_organization_id(PG_FUNCTION_ARGS)
+{
+	const IdentityCache *id = identity();
+
+	if (!id->found)
+		PG_RETURN_NULL();
+	return uuid_datum(&id->organization_id);
+}
+
+Datum
+agentapi_identity_admin_organization_id(PG_FUNCTION_ARGS)
+{
+	const IdentityCache *id = identity();
+
+	if (!id->found || !id->is_admin)
+		PG_RETURN_NULL();
+	return uuid_datum(&id->organization_id);
+}
+
+Datum
+agentapi_identity_user_email(PG_FUNCTION_ARGS)
+{
+	const IdentityCache *id = identity();
+
+	if (!id->found || id->email == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(id->email));
+}
