@@ -128,11 +128,23 @@ MISTAKES: tuple[Mistake, ...] = (
         "agentapi_auth.organization_id()", "RETURN agentapi_auth.cached_organization_id()",
     ),
     Mistake(
+        "identity_helpers", "portable_helper_trusts_the_caller",
+        ("SELECT agentapi_auth.use_identity_cache(false)",
+         "CREATE OR REPLACE FUNCTION agentapi_auth.organization_id() RETURNS uuid"
+         " LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
+         " AS $$ BEGIN RETURN nullif(current_setting('app.org', true), '')::uuid; END $$"),
+        "agentapi_auth.organization_id()", "with the body use_identity_cache(false) writes",
+    ),
+    Mistake(
+        "identity_helpers", "cache_function_made_immutable",
+        ("ALTER FUNCTION agentapi_auth.cached_admin_organization_id() IMMUTABLE",),
+        "agentapi_auth.admin_organization_id()", "of the identity cache",
+    ),
+    Mistake(
         "identity_helpers", "half_switched",
-        ("SELECT agentapi_auth.use_identity_cache(true)",
-         "CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text LANGUAGE plpgsql"
-         " STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
-         " AS $$ BEGIN RETURN NULL; END $$"),
+        ("SELECT agentapi_auth.use_identity_cache(false)",
+         "CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text LANGUAGE sql"
+         " STABLE RETURN agentapi_auth.cached_user_email()"),
         "agentapi_auth identity helpers", "mix the portable and the identity-cache shapes",
     ),
     Mistake(

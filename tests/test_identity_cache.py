@@ -72,6 +72,7 @@ _PARSE_BOTH = (
 _CALL_CACHE = "SELECT agentapi_auth.cached_user_id()"
 _PROMOTE_SELF = "UPDATE public.users SET role = 'admin', is_active = true WHERE id = %s"
 _DEACTIVATE_OTHER = "UPDATE public.users SET is_active = false WHERE id = %s"
+_TRUNCATE_USERS = "TRUNCATE public.users CASCADE"
 _DECLARE = "DECLARE c CURSOR FOR SELECT agentapi_auth.admin_organization_id()"
 _FETCH = "FETCH c"
 _PREPARE = "PREPARE org_sessions AS SELECT count(*) FROM public.user_sessions"
@@ -96,10 +97,9 @@ BEGIN
 END
 $$
 """
-_PORTABLE_EMAIL_ONLY = (
-    "CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text LANGUAGE plpgsql"
-    " STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp"
-    " AS $$ BEGIN RETURN NULL; END $$"
+_CACHED_EMAIL_ONLY = (
+    "CREATE OR REPLACE FUNCTION agentapi_auth.user_email() RETURNS text LANGUAGE sql"
+    " STABLE RETURN agentapi_auth.cached_user_email()"
 )
 
 ORG_A = ID["org_A"]
@@ -263,6 +263,23 @@ def test_an_aborted_subtransaction_takes_its_identity_with_it(
         conn.execute(_ROLLBACK_TO)
         _act(conn, "member_A")
         assert _count(conn, _ORG_SESSIONS, ORG_A) == MEMBER_A_SESSIONS
+    finally:
+        conn.rollback()
+
+
+def test_a_rewritten_users_table_is_read_afresh(mode_db: tuple[str, Seeded]) -> None:
+    """TRUNCATE in this transaction gives every row a new place: nobody, not an error."""
+    _, seeded = mode_db
+    conn = _superuser(seeded.db)
+    try:
+        _act(conn, "admin_A")
+        assert conn.execute(_IDENTITY).fetchone() == (
+            ID["admin_A"], ORG_A, ORG_A, "admin@a.example.com"
+        )
+        conn.execute(_RESET_ROLE)
+        conn.execute(_TRUNCATE_USERS)
+        conn.execute(_AS_APP)
+        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
     finally:
         conn.rollback()
 
@@ -533,9 +550,10 @@ def test_cli_refuses_the_cache_without_the_extension(db: TestDatabase) -> None:
 
 
 def test_cli_reports_a_half_switched_database(db: TestDatabase) -> None:
+    set_identity_mode(db, "portable")
     with db.connect(SUPERUSER) as conn:
         conn.execute(_AS_OWNER)
-        conn.execute(_PORTABLE_EMAIL_ONLY)
+        conn.execute(_CACHED_EMAIL_ONLY)
         conn.commit()
     out = run_cli("identity-cache", env={"AGENTAPI_DATABASE_URL": db.url(SUPERUSER)})
     assert out.code == 1 and "identity helpers: invalid" in out.stdout, str(out)

@@ -15,9 +15,10 @@
  *  - It is read with the snapshot of the statement that asks, as the portable
  *    helpers read it. The first call of a transaction looks the row up
  *    through users_pkey and remembers where the row version is (its TID) and
- *    the snapshot it was checked against. A later call under the same snapshot
- *    (same xmin, xmax, command id, and no transaction completed since:
- *    snapXactCompletionCount) reuses the answer. Under any other snapshot it
+ *    the snapshot it was checked against. A later call under a snapshot that
+ *    sees the same (same xmin, xmax, running and sub-transaction ids, command
+ *    id: the statement's other policy references, typically) reuses the
+ *    answer. Under any other snapshot it
  *    fetches the row version at that TID: if it is still visible and still the
  *    requested user's, its values are taken again (a heap fetch, no index
  *    descent); otherwise it looks the user up through the index again. So a
@@ -35,16 +36,19 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "storage/itemptr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -54,6 +58,17 @@
 #include "utils/uuid.h"
 
 PG_MODULE_MAGIC;
+
+/* A relation's physical file: RelFileNode before PostgreSQL 16, RelFileLocator since. */
+#if PG_VERSION_NUM >= 160000
+typedef RelFileLocator PhysicalFile;
+#define PHYSICAL_FILE(rel) ((rel)->rd_locator)
+#define SAME_PHYSICAL_FILE(a, b) RelFileLocatorEquals(a, b)
+#else
+typedef RelFileNode PhysicalFile;
+#define PHYSICAL_FILE(rel) ((rel)->rd_node)
+#define SAME_PHYSICAL_FILE(a, b) RelFileNodeEquals(a, b)
+#endif
 
 PG_FUNCTION_INFO_V1(agentapi_identity_user_id);
 PG_FUNCTION_INFO_V1(agentapi_identity_organization_id);
@@ -73,12 +88,19 @@ typedef struct IdentityCache
 	/* the users row version the answer came from, if one was visible */
 	bool		have_row;
 	ItemPointerData tid;
-	/* the snapshot the answer was last checked against */
+	/* the snapshot the answer was last checked against (arrays in TopMemoryContext) */
 	bool		checked;
 	TransactionId snap_xmin;
 	TransactionId snap_xmax;
 	CommandId	snap_curcid;
-	uint64		snap_completions;
+	bool		snap_suboverflowed;
+	bool		snap_recovery;
+	uint32		snap_xcnt;
+	int32		snap_subxcnt;
+	TransactionId *snap_xip;
+	TransactionId *snap_subxip;
+	/* the physical relation the TID points into */
+	PhysicalFile file;
 	/* the answer */
 	bool		found;			/* an active user */
 	pg_uuid_t	user_id;
@@ -87,9 +109,10 @@ typedef struct IdentityCache
 	char	   *email;			/* NULL if none */
 } IdentityCache;
 
-/* The parts of public.users this module reads. */
+/* The parts of public.users this module reads (per backend, until invalidated). */
 typedef struct UsersTable
 {
+	bool		valid;
 	Oid			relid;
 	Oid			pkey;
 	AttrNumber	id;
@@ -100,6 +123,7 @@ typedef struct UsersTable
 } UsersTable;
 
 static IdentityCache cache;
+static UsersTable users_table;
 
 static LocalTransactionId
 current_lxid(void)
@@ -112,10 +136,26 @@ current_lxid(void)
 }
 
 static void
+forget_snapshot(void)
+{
+	cache.checked = false;
+	if (cache.snap_xip != NULL)
+	{
+		pfree(cache.snap_xip);
+		cache.snap_xip = NULL;
+	}
+	if (cache.snap_subxip != NULL)
+	{
+		pfree(cache.snap_subxip);
+		cache.snap_subxip = NULL;
+	}
+}
+
+static void
 forget_answer(void)
 {
 	cache.have_row = false;
-	cache.checked = false;
+	forget_snapshot();
 	cache.found = false;
 	cache.is_admin = false;
 	if (cache.email != NULL)
@@ -152,12 +192,22 @@ on_subxact(SubXactEvent event, SubTransactionId mySubid,
 		invalidate();
 }
 
+/* Any change to a relation's definition: look public.users up again. */
+static void
+on_relcache(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == users_table.relid || relid == users_table.pkey)
+		users_table.valid = false;
+}
+
 void
 _PG_init(void)
 {
 	memset(&cache, 0, sizeof(cache));
+	memset(&users_table, 0, sizeof(users_table));
 	RegisterXactCallback(on_xact, NULL);
 	RegisterSubXactCallback(on_subxact, NULL);
+	CacheRegisterRelcacheCallback(on_relcache, (Datum) 0);
 }
 
 static bool
@@ -200,29 +250,67 @@ parse_request(const char *request, pg_uuid_t *out)
 static Snapshot
 statement_snapshot(void)
 {
-	return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+	if (!ActiveSnapshotSet())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("agentapi_identity: no active snapshot to read public.users with")));
+	return GetActiveSnapshot();
 }
 
-/* Whether the answer was already checked against a snapshot that sees the same. */
+/*
+ * Whether the answer was already checked against a snapshot that sees the
+ * same: an MVCC snapshot with equal bounds, running transactions,
+ * sub-transactions and command id. (snapXactCompletionCount cannot serve: the
+ * active snapshot is a copy, and CopySnapshot() zeroes it.) This transaction's
+ * own state is the rest of visibility: an aborted subtransaction empties the
+ * cache, and a committed one changes nothing.
+ */
 static bool
 checked_against(Snapshot snapshot)
 {
 	return cache.checked &&
 		snapshot->snapshot_type == SNAPSHOT_MVCC &&
-		snapshot->snapXactCompletionCount != 0 &&
-		snapshot->snapXactCompletionCount == cache.snap_completions &&
 		snapshot->xmin == cache.snap_xmin &&
 		snapshot->xmax == cache.snap_xmax &&
-		snapshot->curcid == cache.snap_curcid;
+		snapshot->curcid == cache.snap_curcid &&
+		snapshot->suboverflowed == cache.snap_suboverflowed &&
+		snapshot->takenDuringRecovery == cache.snap_recovery &&
+		snapshot->xcnt == cache.snap_xcnt &&
+		snapshot->subxcnt == cache.snap_subxcnt &&
+		(snapshot->xcnt == 0 ||
+		 memcmp(snapshot->xip, cache.snap_xip, snapshot->xcnt * sizeof(TransactionId)) == 0) &&
+		(snapshot->subxcnt <= 0 ||
+		 memcmp(snapshot->subxip, cache.snap_subxip,
+				snapshot->subxcnt * sizeof(TransactionId)) == 0);
+}
+
+static TransactionId *
+copy_xids(const TransactionId *xids, int count)
+{
+	TransactionId *copy;
+
+	if (count <= 0)
+		return NULL;
+	copy = MemoryContextAlloc(TopMemoryContext, count * sizeof(TransactionId));
+	memcpy(copy, xids, count * sizeof(TransactionId));
+	return copy;
 }
 
 static void
 remember_snapshot(Snapshot snapshot)
 {
+	forget_snapshot();
+	if (snapshot->snapshot_type != SNAPSHOT_MVCC)
+		return;
+	cache.snap_xip = copy_xids(snapshot->xip, (int) snapshot->xcnt);
+	cache.snap_subxip = copy_xids(snapshot->subxip, snapshot->subxcnt);
 	cache.snap_xmin = snapshot->xmin;
 	cache.snap_xmax = snapshot->xmax;
 	cache.snap_curcid = snapshot->curcid;
-	cache.snap_completions = snapshot->snapXactCompletionCount;
+	cache.snap_suboverflowed = snapshot->suboverflowed;
+	cache.snap_recovery = snapshot->takenDuringRecovery;
+	cache.snap_xcnt = snapshot->xcnt;
+	cache.snap_subxcnt = snapshot->subxcnt;
 	cache.checked = true;
 }
 
@@ -244,26 +332,52 @@ users_column(Relation users, const char *column, Oid type)
 	return attnum;
 }
 
-/* Opens public.users (AccessShareLock, kept to the end of the transaction). */
+/*
+ * Opens public.users (AccessShareLock, kept to the end of the transaction, as a
+ * query's) and, the first time or after its definition changed, checks and
+ * remembers the columns and the primary key this module reads.
+ */
 static Relation
-open_users(UsersTable *table)
+open_users(void)
 {
-	Oid			public_ns = get_namespace_oid("public", false);
+	Oid			relid;
 	Relation	users;
+	Relation	pkey;
 
-	table->relid = get_relname_relid("users", public_ns);
-	table->pkey = get_relname_relid("users_pkey", public_ns);
-	if (!OidIsValid(table->relid) || !OidIsValid(table->pkey))
+	relid = RangeVarGetRelid(makeRangeVar("public", "users", -1), AccessShareLock, true);
+	if (!OidIsValid(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("agentapi_identity needs public.users and its primary key users_pkey"),
+				 errmsg("agentapi_identity needs the table public.users"),
 				 errhint("Install the extension through database/schema.sql.")));
-	users = table_open(table->relid, AccessShareLock);
-	table->id = users_column(users, "id", UUIDOID);
-	table->organization_id = users_column(users, "organization_id", UUIDOID);
-	table->role = users_column(users, "role", InvalidOid);
-	table->is_active = users_column(users, "is_active", BOOLOID);
-	table->email = users_column(users, "email", TEXTOID);
+	users = table_open(relid, NoLock);
+	if (users_table.valid && users_table.relid == relid)
+		return users;
+
+	users_table.valid = false;
+	users_table.relid = relid;
+	users_table.pkey = get_relname_relid("users_pkey", RelationGetNamespace(users));
+	users_table.id = users_column(users, "id", UUIDOID);
+	users_table.organization_id = users_column(users, "organization_id", UUIDOID);
+	users_table.role = users_column(users, "role", InvalidOid);
+	users_table.is_active = users_column(users, "is_active", BOOLOID);
+	users_table.email = users_column(users, "email", TEXTOID);
+	if (!OidIsValid(users_table.pkey))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("agentapi_identity needs the primary key public.users_pkey")));
+	pkey = index_open(users_table.pkey, AccessShareLock);
+	if (pkey->rd_index->indrelid != relid || !pkey->rd_index->indisprimary ||
+		!pkey->rd_index->indisunique || !pkey->rd_index->indimmediate ||
+		!pkey->rd_index->indisvalid || pkey->rd_rel->relam != BTREE_AM_OID ||
+		pkey->rd_index->indnkeyatts != 1 ||
+		pkey->rd_index->indkey.values[0] != users_table.id ||
+		RelationGetIndexPredicate(pkey) != NIL || RelationGetIndexExpressions(pkey) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("agentapi_identity: users_pkey is not the immediate, valid btree primary key of public.users (id)")));
+	index_close(pkey, NoLock);
+	users_table.valid = true;
 	return users;
 }
 
@@ -286,8 +400,9 @@ is_admin_label(Oid value)
  * requested user's; returns false (and takes nothing) if it is another row.
  */
 static bool
-take_row(const UsersTable *table, TupleTableSlot *slot)
+take_row(Relation users, TupleTableSlot *slot)
 {
+	const UsersTable *table = &users_table;
 	bool		isnull;
 	Datum		value;
 
@@ -298,13 +413,14 @@ take_row(const UsersTable *table, TupleTableSlot *slot)
 	forget_answer();
 	cache.have_row = true;
 	ItemPointerCopy(&slot->tts_tid, &cache.tid);
+	cache.file = PHYSICAL_FILE(users);
 	value = slot_getattr(slot, table->is_active, &isnull);
 	if (isnull || !DatumGetBool(value))
 		return true;			/* the user exists but is not active: no identity */
 
 	value = slot_getattr(slot, table->organization_id, &isnull);
 	if (isnull)
-		return true;
+		return true;			/* cannot happen: the column is NOT NULL */
 	memcpy(&cache.user_id, &cache.requested, sizeof(pg_uuid_t));
 	memcpy(&cache.organization_id, DatumGetUUIDP(value), sizeof(pg_uuid_t));
 	value = slot_getattr(slot, table->role, &isnull);
@@ -320,7 +436,6 @@ take_row(const UsersTable *table, TupleTableSlot *slot)
 static void
 look_up(Snapshot snapshot)
 {
-	UsersTable	table;
 	Relation	users;
 	Relation	pkey;
 	IndexScanDesc scan;
@@ -328,15 +443,8 @@ look_up(Snapshot snapshot)
 	TupleTableSlot *slot;
 
 	forget_answer();
-	users = open_users(&table);
-	pkey = index_open(table.pkey, AccessShareLock);
-	if (pkey->rd_index->indrelid != table.relid || !pkey->rd_index->indisunique ||
-		!pkey->rd_index->indisvalid || pkey->rd_index->indnkeyatts != 1 ||
-		pkey->rd_index->indkey.values[0] != table.id)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
-				 errmsg("agentapi_identity: users_pkey is not the valid unique index on public.users (id)")));
-
+	users = open_users();
+	pkey = index_open(users_table.pkey, AccessShareLock);
 	slot = table_slot_create(users, NULL);
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(&cache.requested));
 #if PG_VERSION_NUM >= 180000
@@ -346,7 +454,7 @@ look_up(Snapshot snapshot)
 #endif
 	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, ForwardScanDirection, slot))
-		(void) take_row(&table, slot);
+		(void) take_row(users, slot);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(pkey, NoLock);
@@ -361,18 +469,21 @@ look_up(Snapshot snapshot)
 static void
 recheck(Snapshot snapshot)
 {
-	UsersTable	table;
 	Relation	users;
 	TupleTableSlot *slot;
 	bool		current = false;
 
 	if (cache.have_row)
 	{
-		users = open_users(&table);
-		slot = table_slot_create(users, NULL);
-		current = table_tuple_fetch_row_version(users, &cache.tid, snapshot, slot) &&
-			take_row(&table, slot);
-		ExecDropSingleTupleTableSlot(slot);
+		users = open_users();
+		/* A rewrite by this transaction (TRUNCATE, CLUSTER ...) moved every row. */
+		if (SAME_PHYSICAL_FILE(PHYSICAL_FILE(users), cache.file))
+		{
+			slot = table_slot_create(users, NULL);
+			current = table_tuple_fetch_row_version(users, &cache.tid, snapshot, slot) &&
+				take_row(users, slot);
+			ExecDropSingleTupleTableSlot(slot);
+		}
 		table_close(users, NoLock);
 	}
 	if (current)
