@@ -101,6 +101,15 @@ def module_db(
         yield database
 
 
+def _clone_in_mode(
+    request: pytest.FixtureRequest, pg_server: PgServer, template_db: str
+) -> Iterator[TestDatabase]:
+    """A clone of the template with the identity helpers of ``request.param``."""
+    with scratch_database(pg_server, template_db) as database:
+        set_identity_mode(database, str(request.param))
+        yield database
+
+
 @pytest.fixture(scope="module", params=IDENTITY_MODES)
 def identity_db(
     request: pytest.FixtureRequest,
@@ -109,9 +118,7 @@ def identity_db(
     login_roles: dict[str, str | None],
 ) -> Iterator[TestDatabase]:
     """Like ``module_db``, once with each implementation of the identity helpers."""
-    with scratch_database(pg_server, template_db) as database:
-        set_identity_mode(database, str(request.param))
-        yield database
+    yield from _clone_in_mode(request, pg_server, template_db)
 
 
 @pytest.fixture(params=IDENTITY_MODES)
@@ -121,10 +128,9 @@ def identity_fn_db(
     template_db: str,
     login_roles: dict[str, str | None],
 ) -> Iterator[TestDatabase]:
-    """Like ``db``, once with each implementation of the identity helpers."""
-    with scratch_database(pg_server, template_db) as database:
-        set_identity_mode(database, str(request.param))
-        yield database
+    """Like ``db``, once with each implementation of the identity helpers
+    (``request.node.callspec.params["identity_fn_db"]`` names the mode)."""
+    yield from _clone_in_mode(request, pg_server, template_db)
 
 
 def _skips_fail_the_run() -> bool:

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -25,7 +26,6 @@ from agentapi_db.lint import run_lints
 from tests.access_fixtures import ID, Seeded, seed
 from tests.cli_fixtures import run_cli
 from tests.pg import (
-    IDENTITY_MODES,
     OUTSIDER_LOGIN,
     SCHEMA_SQL,
     SUPERUSER,
@@ -108,6 +108,9 @@ ORG_B = ID["org_B"]
 # of org_A plus one expired; member_A has two (one expired).
 ORG_A_SESSIONS = 6
 MEMBER_A_SESSIONS = 2
+ADMIN_A = (ID["admin_A"], ORG_A, ORG_A, "admin@a.example.com")
+MEMBER_B = (ID["member_B"], ORG_B, None, "member@b.example.com")
+NOBODY = (None, None, None, None)
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +127,26 @@ def superuser_conn(seeded: Seeded) -> psycopg.Connection[tuple[object, ...]]:
     return _superuser(seeded.db)
 
 
-@pytest.fixture(params=IDENTITY_MODES)
+@pytest.fixture
 def mode_db(
-    request: pytest.FixtureRequest,
-    pg_server: PgServer,
-    template_db: str,
-    login_roles: dict[str, str | None],
-) -> Iterator[tuple[str, Seeded]]:
-    mode = str(request.param)
-    with scratch_database(pg_server, template_db) as database:
-        set_identity_mode(database, mode)
-        yield mode, seed(database)
+    request: pytest.FixtureRequest, identity_fn_db: TestDatabase
+) -> tuple[str, Seeded]:
+    """(mode, seeded database), once per identity-helper mode."""
+    return str(request.node.callspec.params["identity_fn_db"]), seed(identity_fn_db)
 
 
 def _superuser(db: TestDatabase) -> psycopg.Connection[tuple[object, ...]]:
     return db.connect(SUPERUSER)
+
+
+@contextmanager
+def _rolled_back(seeded: Seeded) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A superuser connection whose transaction is rolled back at the end."""
+    conn = _superuser(seeded.db)
+    try:
+        yield conn
+    finally:
+        conn.rollback()
 
 
 def _act(conn: psycopg.Connection[tuple[object, ...]], user: str) -> None:
@@ -156,8 +164,7 @@ def _count(conn: psycopg.Connection[tuple[object, ...]], query: str, *args: obje
 
 
 def test_template_uses_the_cache_and_can_switch_both_ways(seeded: Seeded) -> None:
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         assert _count(conn, _EXTENSION) == 1, (
             "the test server lacks ext/agentapi_identity: run scripts/install-deps.sh"
         )
@@ -172,21 +179,16 @@ def test_template_uses_the_cache_and_can_switch_both_ways(seeded: Seeded) -> Non
         assert conn.execute(_USE, (True,)).fetchone() == (True,)
         shapes = conn.execute(_HELPER_SHAPES).fetchall()
         assert {(lang, definer) for _, lang, definer in shapes} == {("sql", False)}
-    finally:
-        conn.rollback()
 
 
 def test_a_null_choice_is_refused_and_changes_nothing(seeded: Seeded) -> None:
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         conn.execute(_AS_OWNER)
         with pytest.raises(psycopg.errors.NullValueNotAllowed, match="true"):
             conn.execute(_USE, (None,))
         conn.rollback()
         shapes = conn.execute(_HELPER_SHAPES).fetchall()
         assert {(lang, definer) for _, lang, definer in shapes} == {("sql", False)}
-    finally:
-        conn.rollback()
 
 
 def test_the_cache_cannot_be_chosen_without_the_extension(db: TestDatabase) -> None:
@@ -233,8 +235,7 @@ def test_schema_applies_without_the_extension_when_told(pg_server: PgServer) -> 
 def test_a_change_to_users_is_seen_by_the_next_statement(mode_db: tuple[str, Seeded]) -> None:
     """An admin demoted in this transaction loses admin rights at the next statement."""
     _, seeded = mode_db
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         _act(conn, "admin_A")
         assert _count(conn, _ORG_SESSIONS, ORG_A) == ORG_A_SESSIONS
         conn.execute(_RESET_ROLE)
@@ -245,8 +246,6 @@ def test_a_change_to_users_is_seen_by_the_next_statement(mode_db: tuple[str, See
         conn.execute(_SET_ACTIVE_OF, (False, ID["admin_A"]))
         conn.execute(_AS_APP)
         assert _count(conn, _VISIBLE_SESSIONS) == 0
-    finally:
-        conn.rollback()
 
 
 def test_an_aborted_subtransaction_takes_its_identity_with_it(
@@ -254,8 +253,7 @@ def test_an_aborted_subtransaction_takes_its_identity_with_it(
 ) -> None:
     """Promoted inside a savepoint, cached as admin, rolled back: a member again."""
     _, seeded = mode_db
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         conn.execute(_SAVEPOINT)
         conn.execute(_SET_ROLE_OF, ("admin", ID["member_A"]))
         _act(conn, "member_A")
@@ -263,45 +261,31 @@ def test_an_aborted_subtransaction_takes_its_identity_with_it(
         conn.execute(_ROLLBACK_TO)
         _act(conn, "member_A")
         assert _count(conn, _ORG_SESSIONS, ORG_A) == MEMBER_A_SESSIONS
-    finally:
-        conn.rollback()
 
 
 def test_a_rewritten_users_table_is_read_afresh(mode_db: tuple[str, Seeded]) -> None:
     """TRUNCATE in this transaction gives every row a new place: nobody, not an error."""
     _, seeded = mode_db
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         _act(conn, "admin_A")
-        assert conn.execute(_IDENTITY).fetchone() == (
-            ID["admin_A"], ORG_A, ORG_A, "admin@a.example.com"
-        )
+        assert conn.execute(_IDENTITY).fetchone() == ADMIN_A
         conn.execute(_RESET_ROLE)
         conn.execute(_TRUNCATE_USERS)
         conn.execute(_AS_APP)
-        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
-    finally:
-        conn.rollback()
+        assert conn.execute(_IDENTITY).fetchone() == NOBODY
 
 
 def test_a_new_app_user_id_is_looked_up(mode_db: tuple[str, Seeded]) -> None:
     _, seeded = mode_db
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         _act(conn, "admin_A")
-        assert conn.execute(_IDENTITY).fetchone() == (
-            ID["admin_A"], ORG_A, ORG_A, "admin@a.example.com"
-        )
+        assert conn.execute(_IDENTITY).fetchone() == ADMIN_A
         conn.execute(_SET_USER, (str(ID["member_B"]),))
-        assert conn.execute(_IDENTITY).fetchone() == (
-            ID["member_B"], ORG_B, None, "member@b.example.com"
-        )
+        assert conn.execute(_IDENTITY).fetchone() == MEMBER_B
         conn.execute(_SET_USER, (str(ID["inactive_A"]),))
-        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
+        assert conn.execute(_IDENTITY).fetchone() == NOBODY
         conn.execute(_SET_USER, ("",))
-        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
-    finally:
-        conn.rollback()
+        assert conn.execute(_IDENTITY).fetchone() == NOBODY
 
 
 def test_nothing_carries_over_to_the_next_transaction(mode_db: tuple[str, Seeded]) -> None:
@@ -313,13 +297,11 @@ def test_nothing_carries_over_to_the_next_transaction(mode_db: tuple[str, Seeded
         assert _count(conn, _VISIBLE_SESSIONS) == ORG_A_SESSIONS
         conn.commit()
         conn.execute(_AS_APP)
-        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
+        assert conn.execute(_IDENTITY).fetchone() == NOBODY
         assert _count(conn, _VISIBLE_SESSIONS) == 0
         conn.commit()
         _act(conn, "member_B")
-        assert conn.execute(_IDENTITY).fetchone() == (
-            ID["member_B"], ORG_B, None, "member@b.example.com"
-        )
+        assert conn.execute(_IDENTITY).fetchone() == MEMBER_B
     finally:
         conn.rollback()
 
@@ -337,7 +319,7 @@ def test_a_change_committed_elsewhere_is_seen_by_the_next_statement(
         other.execute(_SET_ACTIVE_OF, (False, ID["admin_A"]))
         other.commit()
         assert _count(app, _VISIBLE_SESSIONS) == 0
-        assert app.execute(_IDENTITY).fetchone() == (None, None, None, None)
+        assert app.execute(_IDENTITY).fetchone() == NOBODY
     finally:
         app.rollback()
         other.rollback()
@@ -379,8 +361,7 @@ def test_an_older_snapshot_does_not_outlive_the_change(mode_db: tuple[str, Seede
     """A cursor opened before the change answers as of its snapshot; the next statement
     after it answers as of now, in both modes."""
     _, seeded = mode_db
-    conn = _superuser(seeded.db)
-    try:
+    with _rolled_back(seeded) as conn:
         conn.execute(_AS_APP)
         conn.execute(_SET_USER, (str(ID["admin_A"]),))
         conn.execute(_DECLARE)
@@ -388,10 +369,8 @@ def test_an_older_snapshot_does_not_outlive_the_change(mode_db: tuple[str, Seede
         conn.execute(_SET_ACTIVE_OF, (False, ID["admin_A"]))
         conn.execute(_AS_APP)
         assert conn.execute(_FETCH).fetchone() == (ORG_A,)  # the cursor's snapshot
-        assert conn.execute(_IDENTITY).fetchone() == (None, None, None, None)
+        assert conn.execute(_IDENTITY).fetchone() == NOBODY
         assert _count(conn, _VISIBLE_SESSIONS) == 0
-    finally:
-        conn.rollback()
 
 
 def test_an_exception_block_takes_its_identity_with_it(mode_db: tuple[str, Seeded]) -> None:
