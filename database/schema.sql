@@ -30,7 +30,8 @@
 --     by helpers in the schema agentapi_auth; nothing the caller sets by
 --     itself is trusted for them. The helpers are portable SECURITY DEFINER
 --     lookups, or, when the server has the C extension agentapi_identity
---     (ext/), calls of its per-transaction identity cache (section 5).
+--     (ext/), calls of its identity cache (section 5), which looks the user
+--     up once per transaction and rechecks the row version per snapshot.
 --   * Every policy calls those helpers wrapped in a scalar subquery,
 --     `(SELECT agentapi_auth.user_id())`, so each runs once per statement as
 --     an InitPlan, never once per row.
@@ -766,7 +767,9 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_defau
 -- secret held in currval() of owner-only sequences. Its hit costs ~4 us against
 -- ~6 us for the lookup, but the first call of each transaction (secret, MAC,
 -- set_config) costs ~40 us more, and a session start makes under ten definer
--- calls: a net loss, for more code that must stay unforgeable.
+-- calls: a net loss, for more code that must stay unforgeable. The identity
+-- cache of ext/agentapi_identity (section 5) does the same in backend memory,
+-- where no secret is needed, and is what the benchmark's target rests on.
 -- -----------------------------------------------------------------------------
 
 ALTER TABLE public.organizations      ENABLE ROW LEVEL SECURITY;
