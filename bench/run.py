@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO / "src"))
 from generate import Scale, generate, scale_named  # noqa: E402
 from pgscript import draw, parse_script, run_script, server_cpu_per_tx  # noqa: E402
 
+from agentapi_db import identity  # noqa: E402
 from agentapi_db.cluster import LocalCluster, find_binaries  # noqa: E402
 from agentapi_db.stats import tune_tenant_statistics  # noqa: E402
 
@@ -101,14 +102,6 @@ SELECT count(public.decrypt_token(bearer_token, %s))
 _SQL_NO_PARALLEL = "SET max_parallel_workers_per_gather = 0"
 _SQL_EXPIRED = "SELECT count(*) FROM public.user_sessions WHERE expires_at <= now()"
 _SQL_SERVER_VERSION = "SHOW server_version"
-# The identity helpers' implementation (database/schema.sql section 5): the identity
-# cache of ext/agentapi_identity when the server has it, else the portable lookups.
-# The bench measures form (a) in both, switching one database back and forth.
-_SQL_IDENTITY_CACHE_INSTALLED = (
-    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'agentapi_identity')"
-)
-_SQL_AS_OWNER = "SET LOCAL ROLE agentapi_owner"
-_SQL_USE_IDENTITY_CACHE = "SELECT agentapi_auth.use_identity_cache(%s)"
 # A server's working set is hot; a bulk load leaves it in the OS cache only (bulk
 # writes go through a small ring of shared buffers). Read every table and index
 # of the schema into shared buffers before measuring, for both forms alike.
@@ -268,7 +261,9 @@ def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[s
         )
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     psql(server, name, SCHEMA_SQL)
-    mode = "cache" if identity_cache_installed(server, name) else "portable"
+    mode = identity_mode_of(server, name)
+    if mode == "invalid":
+        raise RuntimeError(f"{name}: the identity helpers fail the identity_helpers lint")
     _identity_default[name] = _identity_now[name] = mode
     log(f"{name}: identity helpers {mode}")
     ensure_logins(server)
@@ -309,10 +304,13 @@ _identity_default: dict[str, str] = {}
 _identity_now: dict[str, str] = {}
 
 
-def identity_cache_installed(server: Server, dbname: str) -> bool:
-    with psycopg.connect(server.url(dbname)) as conn:
-        row = conn.execute(_SQL_IDENTITY_CACHE_INSTALLED).fetchone()
-    return bool(row and row[0])
+# The identity helpers' implementation (database/schema.sql section 5): the identity
+# cache of ext/agentapi_identity when the server has it, else the portable lookups.
+# The bench measures form (a) in both, switching one database back and forth with
+# the operator's path (agentapi_db.identity, as agentapi-db identity-cache does).
+def identity_mode_of(server: Server, dbname: str) -> str:
+    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+        return identity.identity_mode(conn).mode
 
 
 def use_identity(server: Server, dbname: str, mode: str | None) -> None:
@@ -320,10 +318,10 @@ def use_identity(server: Server, dbname: str, mode: str | None) -> None:
     mode = mode or _identity_default[dbname]
     if _identity_now.get(dbname) == mode:
         return
-    with psycopg.connect(server.url(dbname)) as conn:
-        conn.execute(_SQL_AS_OWNER)
-        conn.execute(_SQL_USE_IDENTITY_CACHE, (mode == "cache",))
-        conn.commit()
+    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+        now = identity.use_identity_cache(conn, mode == "cache").mode
+    if now != mode:
+        raise RuntimeError(f"{dbname}: identity helpers are {now}, not {mode}")
     _identity_now[dbname] = mode
 
 

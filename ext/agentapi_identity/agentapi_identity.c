@@ -88,17 +88,12 @@ typedef struct IdentityCache
 	/* the users row version the answer came from, if one was visible */
 	bool		have_row;
 	ItemPointerData tid;
-	/* the snapshot the answer was last checked against (arrays in TopMemoryContext) */
+	/*
+	 * The snapshot the answer was last checked against: a copy of its fields,
+	 * with xip and subxip copied into TopMemoryContext (the rest unused).
+	 */
 	bool		checked;
-	TransactionId snap_xmin;
-	TransactionId snap_xmax;
-	CommandId	snap_curcid;
-	bool		snap_suboverflowed;
-	bool		snap_recovery;
-	uint32		snap_xcnt;
-	int32		snap_subxcnt;
-	TransactionId *snap_xip;
-	TransactionId *snap_subxip;
+	SnapshotData snap;
 	/* the physical relation the TID points into */
 	PhysicalFile file;
 	/* the answer */
@@ -139,16 +134,11 @@ static void
 forget_snapshot(void)
 {
 	cache.checked = false;
-	if (cache.snap_xip != NULL)
-	{
-		pfree(cache.snap_xip);
-		cache.snap_xip = NULL;
-	}
-	if (cache.snap_subxip != NULL)
-	{
-		pfree(cache.snap_subxip);
-		cache.snap_subxip = NULL;
-	}
+	if (cache.snap.xip != NULL)
+		pfree(cache.snap.xip);
+	if (cache.snap.subxip != NULL)
+		pfree(cache.snap.subxip);
+	cache.snap.xip = cache.snap.subxip = NULL;
 }
 
 static void
@@ -270,17 +260,17 @@ checked_against(Snapshot snapshot)
 {
 	return cache.checked &&
 		snapshot->snapshot_type == SNAPSHOT_MVCC &&
-		snapshot->xmin == cache.snap_xmin &&
-		snapshot->xmax == cache.snap_xmax &&
-		snapshot->curcid == cache.snap_curcid &&
-		snapshot->suboverflowed == cache.snap_suboverflowed &&
-		snapshot->takenDuringRecovery == cache.snap_recovery &&
-		snapshot->xcnt == cache.snap_xcnt &&
-		snapshot->subxcnt == cache.snap_subxcnt &&
+		snapshot->xmin == cache.snap.xmin &&
+		snapshot->xmax == cache.snap.xmax &&
+		snapshot->curcid == cache.snap.curcid &&
+		snapshot->suboverflowed == cache.snap.suboverflowed &&
+		snapshot->takenDuringRecovery == cache.snap.takenDuringRecovery &&
+		snapshot->xcnt == cache.snap.xcnt &&
+		snapshot->subxcnt == cache.snap.subxcnt &&
 		(snapshot->xcnt == 0 ||
-		 memcmp(snapshot->xip, cache.snap_xip, snapshot->xcnt * sizeof(TransactionId)) == 0) &&
+		 memcmp(snapshot->xip, cache.snap.xip, snapshot->xcnt * sizeof(TransactionId)) == 0) &&
 		(snapshot->subxcnt <= 0 ||
-		 memcmp(snapshot->subxip, cache.snap_subxip,
+		 memcmp(snapshot->subxip, cache.snap.subxip,
 				snapshot->subxcnt * sizeof(TransactionId)) == 0);
 }
 
@@ -299,18 +289,18 @@ copy_xids(const TransactionId *xids, int count)
 static void
 remember_snapshot(Snapshot snapshot)
 {
+	TransactionId *xip;
+	TransactionId *subxip;
+
 	forget_snapshot();
 	if (snapshot->snapshot_type != SNAPSHOT_MVCC)
 		return;
-	cache.snap_xip = copy_xids(snapshot->xip, (int) snapshot->xcnt);
-	cache.snap_subxip = copy_xids(snapshot->subxip, snapshot->subxcnt);
-	cache.snap_xmin = snapshot->xmin;
-	cache.snap_xmax = snapshot->xmax;
-	cache.snap_curcid = snapshot->curcid;
-	cache.snap_suboverflowed = snapshot->suboverflowed;
-	cache.snap_recovery = snapshot->takenDuringRecovery;
-	cache.snap_xcnt = snapshot->xcnt;
-	cache.snap_subxcnt = snapshot->subxcnt;
+	/* Copied first: cache.snap never points into memory that is not ours. */
+	xip = copy_xids(snapshot->xip, (int) snapshot->xcnt);
+	subxip = copy_xids(snapshot->subxip, snapshot->subxcnt);
+	cache.snap = *snapshot;
+	cache.snap.xip = xip;
+	cache.snap.subxip = subxip;
 	cache.checked = true;
 }
 

@@ -29,10 +29,9 @@ __all__ = ["IdentityMode", "identity_mode", "use_identity_cache"]
 
 # --------------------------------------------------------------------------- SQL
 
+# Which shape the helpers have; the identity_helpers lint says whether it is sound.
 _SQL_MODE: Final[LiteralString] = """
-SELECT count(*) FILTER (WHERE l.lanname = 'sql' AND NOT p.prosecdef),
-       count(*) FILTER (WHERE l.lanname = 'plpgsql' AND p.prosecdef),
-       count(*),
+SELECT coalesce(bool_and(l.lanname = 'sql'), false),
        (SELECT e.extversion FROM pg_catalog.pg_extension AS e
          WHERE e.extname = 'agentapi_identity'),
        (SELECT a.default_version FROM pg_catalog.pg_available_extensions AS a
@@ -46,7 +45,6 @@ SELECT count(*) FILTER (WHERE l.lanname = 'sql' AND NOT p.prosecdef),
 _SQL_AS_OWNER: Final[LiteralString] = "SET LOCAL ROLE agentapi_owner"
 _SQL_USE: Final[LiteralString] = "SELECT agentapi_auth.use_identity_cache(%s)"
 
-_HELPERS: Final = 4
 
 
 @dataclass(frozen=True)
@@ -72,16 +70,10 @@ def identity_mode(conn: Conn) -> IdentityMode:
         row = conn.execute(_SQL_MODE).fetchone()
     if row is None:
         raise AssertionError("aggregate query returned no row")
-    cached, portable, total, installed, available = row
+    cached, installed, available = row
+    # No lint finding means all four helpers exist and share one sound shape.
     problems = tuple(f"{f.object}: {f.detail}" for f in run_lints(conn, ["identity_helpers"]))
-    if problems or total != _HELPERS:
-        mode = "invalid"
-    elif cached == _HELPERS:
-        mode = "cache"
-    elif portable == _HELPERS:
-        mode = "portable"
-    else:
-        mode = "invalid"
+    mode = "invalid" if problems else "cache" if cached else "portable"
     return IdentityMode(
         mode=mode,
         extension_version=None if installed is None else str(installed),
