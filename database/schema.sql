@@ -1,15 +1,19 @@
 -- =============================================================================
 -- agentapi-db: the complete multi-tenant schema for AgentAPI
 --
--- Apply to an empty database, as a superuser, on PostgreSQL 15 or newer:
+-- Apply to an empty database on PostgreSQL 15 or newer, as the database's
+-- owner with CREATEROLE (no superuser needed: what managed PostgreSQL gives),
+-- or as a superuser:
 --
 --     psql -v ON_ERROR_STOP=1 -f database/schema.sql
+--
+-- (`agentapi-db migrate` does the same and records the version.)
 --
 -- The public names in this file are the contract in shared/spec/contract.md.
 -- The file is organised in sections, one concern each:
 --
---   1. Preconditions, roles and schemas         (as the superuser)
---   2. Extensions                               (as the superuser)
+--   1. Preconditions, roles and schemas         (as the deploying role)
+--   2. Extensions                               (as the deploying role)
 --   3. Types
 --   4. Tables, constraints and indexes          (everything below: as agentapi_owner)
 --   5. Request context helpers (agentapi_auth)
@@ -56,33 +60,90 @@ BEGIN
 END
 $$;
 
--- The three group roles of the contract. They are NOLOGIN: deployments grant
--- them to real login roles. Attributes are (re)asserted on every apply so that
--- a pre-existing role with the wrong attributes is corrected, not trusted.
+-- The three group roles of the contract, created with their attributes when
+-- missing. They are NOLOGIN: deployments grant them to real login roles.
+--
+-- The schema deploys without a superuser: a role with CREATEROLE and CREATEDB
+-- that owns the database (what Amazon RDS, Cloud SQL, Azure, Supabase and Neon
+-- give their customers) applies it. So nothing here names the SUPERUSER,
+-- BYPASSRLS or REPLICATION attributes in ALTER ROLE (PostgreSQL refuses that to
+-- non-superusers, even NOSUPERUSER), and agentapi_service works through
+-- policies of its own instead of BYPASSRLS. A role that already exists with
+-- any other attribute is refused, not silently trusted or "fixed"; lint
+-- app_role_posture and `agentapi-db verify` keep checking them afterwards.
 DO $$
+DECLARE
+    r record;
+    role_name text;
+    is_superuser boolean := (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user);
+    can_createrole boolean := (SELECT rolcreaterole FROM pg_catalog.pg_roles WHERE rolname = current_user);
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_owner') THEN
-        CREATE ROLE agentapi_owner NOLOGIN;
+    IF NOT is_superuser
+       AND pg_catalog.pg_get_userbyid((SELECT d.datdba FROM pg_catalog.pg_database AS d
+                                        WHERE d.datname = pg_catalog.current_database())) <> current_user THEN
+        RAISE EXCEPTION 'agentapi-db must be applied by the owner of database % or by a superuser (current user: %)',
+            pg_catalog.current_database(), current_user
+            USING HINT = 'CREATE DATABASE as the deploying role (it then owns it), or ALTER DATABASE ... OWNER TO it.';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_app') THEN
-        CREATE ROLE agentapi_app NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agentapi_service') THEN
-        CREATE ROLE agentapi_service NOLOGIN;
+    FOREACH role_name IN ARRAY ARRAY['agentapi_owner', 'agentapi_app', 'agentapi_service'] LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles AS x WHERE x.rolname = role_name);
+        IF NOT (is_superuser OR can_createrole) THEN
+            RAISE EXCEPTION 'role % does not exist and % cannot create it (needs CREATEROLE)', role_name, current_user
+                USING HINT = 'Apply as a role with CREATEROLE (and CREATEDB), or have the roles created first.';
+        END IF;
+        EXECUTE pg_catalog.format(
+            'CREATE ROLE %I NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION INHERIT',
+            role_name);
+    END LOOP;
+    FOR r IN
+        SELECT x.rolname,
+               pg_catalog.concat_ws(', ',
+                   CASE WHEN x.rolsuper THEN 'SUPERUSER' END, CASE WHEN x.rolbypassrls THEN 'BYPASSRLS' END,
+                   CASE WHEN x.rolcanlogin THEN 'LOGIN' END, CASE WHEN x.rolcreaterole THEN 'CREATEROLE' END,
+                   CASE WHEN x.rolcreatedb THEN 'CREATEDB' END, CASE WHEN x.rolreplication THEN 'REPLICATION' END) AS attrs
+          FROM pg_catalog.pg_roles AS x
+         WHERE x.rolname IN ('agentapi_owner', 'agentapi_app', 'agentapi_service')
+           AND (x.rolsuper OR x.rolbypassrls OR x.rolcanlogin OR x.rolcreaterole OR x.rolcreatedb OR x.rolreplication)
+    LOOP
+        RAISE EXCEPTION 'role % exists with %; the contract roles are plain NOLOGIN group roles', r.rolname, r.attrs
+            USING HINT = pg_catalog.format('Remove them (as a superuser: ALTER ROLE %I NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION), then apply again.', r.rolname);
+    END LOOP;
+    -- A non-superuser deployer must be able to SET ROLE agentapi_owner (the
+    -- objects below are created as it) and use its privileges (CREATE EXTENSION
+    -- into its schema). PostgreSQL 16's CREATEROLE gives the creator ADMIN on a
+    -- new role but neither SET nor INHERIT, so the deployer grants itself both;
+    -- on 15, CREATEROLE may grant any non-superuser role. This makes the
+    -- deploying login a member of agentapi_owner, never of agentapi_app.
+    IF is_superuser THEN
+        NULL;
+    ELSIF current_setting('server_version_num')::int >= 160000 THEN
+        IF NOT (pg_catalog.pg_has_role(current_user, 'agentapi_owner', 'USAGE')
+                AND pg_catalog.pg_has_role(current_user, 'agentapi_owner', 'SET')) THEN
+            EXECUTE pg_catalog.format('GRANT agentapi_owner TO %I WITH INHERIT TRUE, SET TRUE', current_user);
+        END IF;
+    ELSIF NOT pg_catalog.pg_has_role(current_user, 'agentapi_owner', 'USAGE') THEN
+        EXECUTE pg_catalog.format('GRANT agentapi_owner TO %I', current_user);
     END IF;
 END
 $$;
 
-ALTER ROLE agentapi_owner   NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION;
-ALTER ROLE agentapi_app     NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS NOREPLICATION;
-ALTER ROLE agentapi_service NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE BYPASSRLS   NOREPLICATION;
-
-COMMENT ON ROLE agentapi_owner IS
-    'Owns every agentapi-db object; migrations run as it. Tables FORCE row-level security, so it too goes through policies.';
-COMMENT ON ROLE agentapi_app IS
-    'What the application acts as. Always subject to RLS; owns nothing; never superuser or BYPASSRLS.';
-COMMENT ON ROLE agentapi_service IS
-    'Provisioning and maintenance (organizations, first admins, global prompts, cleanup, key rotation, retention). BYPASSRLS: act as it with SET ROLE, since the attribute is not inherited.';
+-- Comments on shared objects need CREATEROLE and ADMIN on them (16+), which a
+-- deployer has on roles it created; another database's deployer may not.
+DO $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)
+       OR (SELECT rolcreaterole FROM pg_catalog.pg_roles WHERE rolname = current_user)
+          AND (current_setting('server_version_num')::int < 160000
+               OR pg_catalog.pg_has_role(current_user, 'agentapi_service', 'MEMBER WITH ADMIN OPTION')) THEN
+        COMMENT ON ROLE agentapi_owner IS
+            'Owns every agentapi-db object; migrations run as it. Tables FORCE row-level security, so it too goes through policies.';
+        COMMENT ON ROLE agentapi_app IS
+            'What the application acts as. Always subject to RLS; owns nothing; never superuser or BYPASSRLS.';
+        COMMENT ON ROLE agentapi_service IS
+            'Provisioning and maintenance (organizations, first admins, global prompts, cleanup, key rotation, retention). Sees every tenant through unconditional policies of its own (no BYPASSRLS); audit_logs stay append-only for it.';
+    END IF;
+END
+$$;
 
 -- Schemas. The application's tables live in public; helpers and extensions in
 -- schemas of their own.
@@ -731,9 +792,12 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_defau
 -- -----------------------------------------------------------------------------
 -- 7. Row-level security
 --
--- Policies for agentapi_app implement the contract's matrix; agentapi_service
--- bypasses RLS; agentapi_owner has explicit unconditional policies (except on
--- audit_logs, where it may only read and append).
+-- Policies for agentapi_app implement the contract's matrix; agentapi_owner
+-- and agentapi_service have explicit unconditional policies of their own
+-- (<table>_owner, <table>_service), except on audit_logs, where they may only
+-- read and append. No role of the schema has BYPASSRLS: managed PostgreSQL
+-- does not let customers grant it, and a policy is narrower than an attribute
+-- (it names one role and the tables it covers).
 --
 -- Shape for speed (measured in bench/README.md): where a row belongs to an
 -- organization, the policy starts with "organization_id = (SELECT
@@ -792,12 +856,14 @@ ALTER TABLE public.audit_logs_default FORCE ROW LEVEL SECURITY;
 -- 7.1 organizations -----------------------------------------------------------
 
 CREATE POLICY organizations_owner ON public.organizations TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY organizations_service ON public.organizations TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY organizations_select ON public.organizations FOR SELECT TO agentapi_app
     USING (id = (SELECT agentapi_auth.organization_id()));
 CREATE POLICY organizations_update_admin ON public.organizations FOR UPDATE TO agentapi_app
     USING (id = (SELECT agentapi_auth.admin_organization_id()))
     WITH CHECK (id = (SELECT agentapi_auth.admin_organization_id()));
 
+COMMENT ON POLICY organizations_service ON public.organizations IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY organizations_owner ON public.organizations IS 'The owner (migrations) sees and changes every row.';
 COMMENT ON POLICY organizations_select ON public.organizations IS 'Members and admins read their own organization.';
 COMMENT ON POLICY organizations_update_admin ON public.organizations IS 'Admins update their own organization; nobody in the app creates or deletes one.';
@@ -805,36 +871,42 @@ COMMENT ON POLICY organizations_update_admin ON public.organizations IS 'Admins 
 -- 7.2 users -------------------------------------------------------------------
 
 CREATE POLICY users_owner ON public.users TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY users_service ON public.users TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY users_select ON public.users FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id()));
 CREATE POLICY users_insert_admin ON public.users FOR INSERT TO agentapi_app
     WITH CHECK (organization_id = (SELECT agentapi_auth.admin_organization_id()));
-CREATE POLICY users_update_admin ON public.users FOR UPDATE TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.admin_organization_id()))
-    WITH CHECK (organization_id = (SELECT agentapi_auth.admin_organization_id()));
-CREATE POLICY users_update_self ON public.users FOR UPDATE TO agentapi_app
-    USING (id = (SELECT agentapi_auth.user_id()))
+-- One UPDATE policy with two arms, not two permissive policies (lint
+-- multiple_permissive_policies): PostgreSQL ORs permissive policies' USING
+-- clauses and, separately, their WITH CHECK clauses, which is exactly this.
+CREATE POLICY users_update ON public.users FOR UPDATE TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.admin_organization_id())
+           OR id = (SELECT agentapi_auth.user_id()))
     WITH CHECK (
-        id = (SELECT agentapi_auth.user_id())
-        AND organization_id = (SELECT agentapi_auth.organization_id())
-        AND role = 'user'
-        AND is_active
-        AND email = (SELECT agentapi_auth.user_email())
+        -- admin arm: any user of the admin's own organization
+        organization_id = (SELECT agentapi_auth.admin_organization_id())
+        -- self arm: a member's own row, keeping role, organization, email, active flag
+        OR (id = (SELECT agentapi_auth.user_id())
+            AND organization_id = (SELECT agentapi_auth.organization_id())
+            AND role = 'user'
+            AND is_active
+            AND email = (SELECT agentapi_auth.user_email()))
     );
 CREATE POLICY users_delete_admin ON public.users FOR DELETE TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.admin_organization_id()));
 
+COMMENT ON POLICY users_service ON public.users IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY users_owner ON public.users IS 'The owner sees every user; the agentapi_auth helpers read users through it.';
 COMMENT ON POLICY users_select ON public.users IS 'Everyone reads the users of their own organization.';
 COMMENT ON POLICY users_insert_admin ON public.users IS 'Admins create users in their own organization.';
-COMMENT ON POLICY users_update_admin ON public.users IS 'Admins update users of their own organization; organization_id is not updatable by the app at all.';
-COMMENT ON POLICY users_update_self ON public.users IS
-    'A member updates their own row, keeping role, organization, email and active flag; with column grants this leaves metadata and last_login_at.';
+COMMENT ON POLICY users_update ON public.users IS
+    'Admins update users of their own organization (organization_id is not updatable by the app at all); a member updates their own row, keeping role, organization, email and active flag, which with the column grants leaves metadata and last_login_at.';
 COMMENT ON POLICY users_delete_admin ON public.users IS 'Admins delete users of their own organization.';
 
 -- 7.3 user_sessions -----------------------------------------------------------
 
 CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY user_sessions_service ON public.user_sessions TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.user_id())
@@ -849,6 +921,7 @@ CREATE POLICY user_sessions_delete ON public.user_sessions FOR DELETE TO agentap
            AND (user_id = (SELECT agentapi_auth.user_id())
                 OR coalesce(organization_id = (SELECT agentapi_auth.admin_organization_id()), false)));
 
+COMMENT ON POLICY user_sessions_service ON public.user_sessions IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY user_sessions_owner ON public.user_sessions IS 'The owner sees and changes every session.';
 COMMENT ON POLICY user_sessions_select ON public.user_sessions IS 'Users read their own sessions; admins read every session of their organization.';
 COMMENT ON POLICY user_sessions_insert_own ON public.user_sessions IS 'Users create sessions for themselves (the composite foreign key fixes the organization).';
@@ -858,6 +931,7 @@ COMMENT ON POLICY user_sessions_delete ON public.user_sessions IS 'Users delete 
 -- 7.4 mcp_configurations ------------------------------------------------------
 
 CREATE POLICY mcp_configurations_owner ON public.mcp_configurations TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY mcp_configurations_service ON public.mcp_configurations TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY mcp_configurations_select ON public.mcp_configurations FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.user_id())));
@@ -873,6 +947,7 @@ CREATE POLICY mcp_configurations_delete ON public.mcp_configurations FOR DELETE 
     USING ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
            OR user_id = (SELECT agentapi_auth.user_id()));
 
+COMMENT ON POLICY mcp_configurations_service ON public.mcp_configurations IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY mcp_configurations_owner ON public.mcp_configurations IS 'The owner sees and changes every configuration.';
 COMMENT ON POLICY mcp_configurations_select ON public.mcp_configurations IS
     'Everyone reads their organization''s org-wide configs and their own personal ones; never another user''s personal config, admins included.';
@@ -883,10 +958,12 @@ COMMENT ON POLICY mcp_configurations_delete ON public.mcp_configurations IS 'Use
 -- 7.5 mcp_oauth_tokens --------------------------------------------------------
 
 CREATE POLICY mcp_oauth_tokens_owner ON public.mcp_oauth_tokens TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY mcp_oauth_tokens_service ON public.mcp_oauth_tokens TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens TO agentapi_app
     USING (user_id = (SELECT agentapi_auth.user_id()))
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 
+COMMENT ON POLICY mcp_oauth_tokens_service ON public.mcp_oauth_tokens IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY mcp_oauth_tokens_owner ON public.mcp_oauth_tokens IS 'The owner sees and changes every token row.';
 COMMENT ON POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens IS
     'Users do everything on their own tokens and nothing on anyone else''s, admins included. Keys and the check trigger keep the configuration one they can see.';
@@ -894,6 +971,7 @@ COMMENT ON POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens IS
 -- 7.6 system_prompts ----------------------------------------------------------
 
 CREATE POLICY system_prompts_owner ON public.system_prompts TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY system_prompts_service ON public.system_prompts TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agentapi_app
     USING ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
@@ -911,6 +989,7 @@ CREATE POLICY system_prompts_delete ON public.system_prompts FOR DELETE TO agent
     USING ((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
            OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())));
 
+COMMENT ON POLICY system_prompts_service ON public.system_prompts IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
 COMMENT ON POLICY system_prompts_owner ON public.system_prompts IS 'The owner sees and changes every prompt.';
 -- A user prompt's organization is its user's (composite foreign key, and the
 -- scope check makes both columns non-null), so its arm needs only user_id():
@@ -925,6 +1004,8 @@ COMMENT ON POLICY system_prompts_delete ON public.system_prompts IS 'Users delet
 
 CREATE POLICY audit_logs_owner_select ON public.audit_logs FOR SELECT TO agentapi_owner USING (true);
 CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentapi_owner WITH CHECK (true);
+CREATE POLICY audit_logs_service_select ON public.audit_logs FOR SELECT TO agentapi_service USING (true);
+CREATE POLICY audit_logs_service_insert ON public.audit_logs FOR INSERT TO agentapi_service WITH CHECK (true);
 CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
     USING (organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.user_id())
@@ -935,6 +1016,8 @@ CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi
 
 COMMENT ON POLICY audit_logs_owner_select ON public.audit_logs IS 'The owner reads every event (no UPDATE or DELETE policy exists for anyone).';
 COMMENT ON POLICY audit_logs_owner_insert ON public.audit_logs IS 'The owner may append events.';
+COMMENT ON POLICY audit_logs_service_select ON public.audit_logs IS 'agentapi_service reads every tenant''s events (export, retention, chain verification).';
+COMMENT ON POLICY audit_logs_service_insert ON public.audit_logs IS 'agentapi_service appends events for any tenant; like everyone, it can neither update nor delete one.';
 COMMENT ON POLICY audit_logs_select ON public.audit_logs IS 'Members read their own events in their organization; admins read all events of their organization.';
 COMMENT ON POLICY audit_logs_insert_self ON public.audit_logs IS 'The application records events only about the acting user in their own organization.';
 
@@ -1054,8 +1137,8 @@ $$;
 COMMENT ON FUNCTION public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text) IS
     'Appends one audit event and returns its id. Runs with the caller''s rights: as agentapi_app it can only record the acting user and their organization.';
 
--- Deletes expired sessions; returns how many. For agentapi_service (which
--- bypasses RLS); the CLI''s batched cleanup is preferred for large backlogs.
+-- Deletes expired sessions; returns how many. For agentapi_service (whose
+-- policy sees every tenant); the CLI''s batched cleanup is preferred for large backlogs.
 CREATE FUNCTION public.cleanup_expired_sessions()
 RETURNS integer
 LANGUAGE plpgsql
@@ -1472,6 +1555,7 @@ CREATE TABLE public.audit_chain_heads (
 ALTER TABLE public.audit_chain_heads ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.audit_chain_heads FORCE ROW LEVEL SECURITY;
 CREATE POLICY audit_chain_heads_owner ON public.audit_chain_heads TO agentapi_owner USING (true) WITH CHECK (true);
+CREATE POLICY audit_chain_heads_service_select ON public.audit_chain_heads FOR SELECT TO agentapi_service USING (true);
 
 COMMENT ON TABLE public.audit_chain_heads IS
     'Organizations enrolled in the audit hash chain, with the head of each chain. Written only by audit_chain_enable(), the audit_logs_chain trigger and retention; readable by agentapi_service.';
@@ -1481,7 +1565,9 @@ COMMENT ON COLUMN public.audit_chain_heads.base_seq IS 'Events up to this chain_
 COMMENT ON COLUMN public.audit_chain_heads.enabled_at IS 'When the organization was enrolled; its events stamped after this are all chained.';
 COMMENT ON COLUMN public.audit_chain_heads.base_hash IS 'chain_hash of event base_seq (the genesis hash while base_seq = 0).';
 COMMENT ON POLICY audit_chain_heads_owner ON public.audit_chain_heads IS
-    'Only the owner (the SECURITY DEFINER chain functions) reads and writes chain heads; agentapi_service reads them by BYPASSRLS.';
+    'Only the owner (the SECURITY DEFINER chain functions) reads and writes chain heads; agentapi_service reads them through its own SELECT policy.';
+COMMENT ON POLICY audit_chain_heads_service_select ON public.audit_chain_heads IS
+    'agentapi_service reads every chain head (verify-chain); it never writes one.';
 
 -- The canonical text of an event that its chain hash covers: a JSON array of
 -- every column but chain_hash, with the timestamp as integer microseconds since
@@ -1713,9 +1799,18 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE public.audit_logs DETACH PARTITION public.%I', part.name);
         EXECUTE pg_catalog.format('ALTER TABLE public.%I SET SCHEMA agentapi_retired', part.name);
         EXECUTE pg_catalog.format('GRANT SELECT ON agentapi_retired.%I TO agentapi_service', part.name);
-        -- RLS stays forced on the retired table; let its owner (this function) count and read it.
+        -- DETACH drops the row trigger cloned from audit_logs: the retired table
+        -- stays append-only (for everyone, superusers included) until it is dropped.
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER audit_logs_append_only BEFORE UPDATE OR DELETE ON agentapi_retired.%I '
+            'FOR EACH ROW EXECUTE FUNCTION public.audit_logs_prevent_change()', part.name);
+        -- RLS stays forced on the retired table; let its owner (this function)
+        -- count and read it, and agentapi_service export it.
         EXECUTE pg_catalog.format(
             'CREATE POLICY audit_retired_owner_select ON agentapi_retired.%I FOR SELECT TO agentapi_owner USING (true)',
+            part.name);
+        EXECUTE pg_catalog.format(
+            'CREATE POLICY audit_retired_service_select ON agentapi_retired.%I FOR SELECT TO agentapi_service USING (true)',
             part.name);
         -- Verification of a chain starts after the last event that leaves. Known
         -- limit: an event backdated by agentapi_service (a timestamp older than

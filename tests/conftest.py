@@ -13,6 +13,11 @@
   with the identity helpers in ``cache`` mode (the extension agentapi_identity), then
   in ``portable`` mode.
 
+``AGENTAPI_TEST_DEPLOY=managed`` builds the template as a login with only CREATEROLE
+and CREATEDB (``tests.pg.DEPLOYER_LOGIN``) through ``agentapi_db.migrations.migrate``,
+which also owns every clone and creates the test logins, in portable mode only: the
+access matrix then runs against what a managed-PostgreSQL user deploys.
+
 A skipped test fails the run unless ``AGENTAPI_ALLOW_SKIPS=1``: a skip proves nothing.
 """
 
@@ -24,17 +29,23 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from agentapi_db.cluster import LocalCluster
+from agentapi_db.migrations import migrate
 from tests.pg import (
+    DEPLOYER_LOGIN,
     IDENTITY_MODES,
     LOGIN_MEMBERSHIPS,
+    MANAGED,
     SCHEMA_SQL,
     PgServer,
     TestDatabase,
     create_database,
     drop_database,
+    ensure_deployer,
     ensure_login_roles,
     run_psql_file,
     scratch_database,
@@ -70,8 +81,16 @@ def template_db(pg_server: PgServer) -> Iterator[str]:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     name = f"{TEMPLATE_DB}_{worker}" if worker else TEMPLATE_DB
     drop_database(pg_server, name)
-    create_database(pg_server, name)
-    run_psql_file(pg_server.url(name), SCHEMA_SQL)
+    if MANAGED:
+        # The deployer creates (so owns) the database and migrates it, as on
+        # managed PostgreSQL: no superuser, no C extension.
+        deployer_url = ensure_deployer(pg_server)
+        with psycopg.connect(deployer_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        migrate(pg_server.url(name, DEPLOYER_LOGIN))
+    else:
+        create_database(pg_server, name)
+        run_psql_file(pg_server.url(name), SCHEMA_SQL)
     yield name
     drop_database(pg_server, name)
 

@@ -49,12 +49,30 @@ SERVICE_LOGIN = "service_login"
 OWNER_LOGIN = "owner_login"
 OUTSIDER_LOGIN = "outsider_login"
 
+NOINHERIT_SERVICE_LOGIN = "service_noinherit_login"
+"""A NOINHERIT member of agentapi_service: its rights need SET ROLE."""
+
 LOGIN_MEMBERSHIPS: dict[str, str | None] = {
     APP_LOGIN: APP_ROLE,
     SERVICE_LOGIN: SERVICE_ROLE,
     OWNER_LOGIN: OWNER_ROLE,
     OUTSIDER_LOGIN: None,
+    NOINHERIT_SERVICE_LOGIN: SERVICE_ROLE,
 }
+NOINHERIT_LOGINS = frozenset({NOINHERIT_SERVICE_LOGIN})
+
+DEPLOYER_LOGIN = "deployer_login"
+"""A login with only LOGIN, CREATEROLE and CREATEDB: what managed PostgreSQL gives."""
+
+DEPLOY_MODES = ("superuser", "managed")
+DEPLOY_MODE = os.environ.get("AGENTAPI_TEST_DEPLOY", "superuser")
+"""``superuser``: the template is built by the server's superuser (psql -f schema.sql).
+``managed``: by :data:`DEPLOYER_LOGIN`, which owns the databases and creates the test
+logins, with the portable identity helpers only (no C extension): what a user of
+managed PostgreSQL gets. Set with ``AGENTAPI_TEST_DEPLOY``."""
+if DEPLOY_MODE not in DEPLOY_MODES:
+    raise RuntimeError(f"AGENTAPI_TEST_DEPLOY must be one of {DEPLOY_MODES}, not {DEPLOY_MODE!r}")
+MANAGED = DEPLOY_MODE == "managed"
 GROUP_ROLES = (OWNER_ROLE, APP_ROLE, SERVICE_ROLE)
 
 LOGIN_PASSWORD = os.environ.get("AGENTAPI_TEST_LOGIN_PASSWORD", "agentapi-test-login")
@@ -176,14 +194,34 @@ def unique_name(prefix: str) -> str:
     )
 
 
-def create_database(server: PgServer, name: str, template: str | None = None) -> None:
+def ensure_deployer(server: PgServer) -> str:
+    """Create :data:`DEPLOYER_LOGIN` (LOGIN CREATEROLE CREATEDB, nothing else); its URL."""
     with server.admin_connect() as conn:
-        if template is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DEPLOYER_LOGIN,)).fetchone():
+            conn.execute(
+                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(DEPLOYER_LOGIN), sql.Literal(LOGIN_PASSWORD)
+                )
+            )
         else:
             conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template)
+                sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD {}").format(
+                    sql.Identifier(DEPLOYER_LOGIN), sql.Literal(LOGIN_PASSWORD)
+                )
+            )
+    return server.url("postgres", DEPLOYER_LOGIN)
+
+
+def create_database(server: PgServer, name: str, template: str | None = None) -> None:
+    """Create ``name`` (a clone of ``template``); owned by the deployer in managed mode."""
+    owner = sql.SQL(" OWNER {}").format(sql.Identifier(DEPLOYER_LOGIN)) if MANAGED else sql.SQL("")
+    with server.admin_connect() as conn:
+        if template is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), owner))
+        else:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+                    sql.Identifier(name), sql.Identifier(template), owner
                 )
             )
             # Database-level privileges are not copied from a template; schema.sql
@@ -212,9 +250,20 @@ def scratch_database(server: PgServer, template: str) -> Iterator[TestDatabase]:
         drop_database(server, db.name)
 
 
+def _login_admin_connect(server: PgServer) -> Conn:
+    """Who creates the test logins: the deployer in managed mode, else the superuser."""
+    if MANAGED:
+        return psycopg.connect(ensure_deployer(server), autocommit=True)
+    return server.admin_connect()
+
+
 def ensure_login_roles(server: PgServer) -> None:
-    """Create or refresh the test logins (idempotent). Needs the schema's group roles."""
-    with server.admin_connect() as conn:
+    """Create or refresh the test logins (idempotent). Needs the schema's group roles.
+
+    Attributes are given when a login is created and never re-asserted with ALTER
+    ROLE (a non-superuser may not name SUPERUSER or BYPASSRLS there); in managed
+    mode the deployer, not the superuser, creates them and grants the groups."""
+    with _login_admin_connect(server) as conn:
         existing = {
             str(row[0])
             for row in conn.execute(
@@ -227,11 +276,14 @@ def ensure_login_roles(server: PgServer) -> None:
             raise RuntimeError(f"schema.sql did not create the roles {missing_groups}")
         for login, group in LOGIN_MEMBERSHIPS.items():
             stmt = (
-                sql.SQL("ALTER ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}")
+                sql.SQL("ALTER ROLE {} LOGIN {} PASSWORD {}")
                 if login in existing
-                else sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS PASSWORD {}")
+                else sql.SQL("CREATE ROLE {} LOGIN NOSUPERUSER NOBYPASSRLS {} PASSWORD {}")
             )
-            conn.execute(stmt.format(sql.Identifier(login), sql.Literal(LOGIN_PASSWORD)))
+            inherit = sql.SQL("NOINHERIT" if login in NOINHERIT_LOGINS else "INHERIT")
+            conn.execute(
+                stmt.format(sql.Identifier(login), inherit, sql.Literal(LOGIN_PASSWORD))
+            )
             for other in GROUP_ROLES:
                 if other == group:
                     conn.execute(
@@ -271,7 +323,7 @@ def acting(conn: Conn, role: str | None, user_id: str | None = None) -> Iterator
 # The two implementations of the identity helpers (database/schema.sql section 5):
 # "cache" (the extension agentapi_identity; the template database has it) and
 # "portable" (SECURITY DEFINER lookups on every call).
-IDENTITY_MODES = ("cache", "portable")
+IDENTITY_MODES: tuple[str, ...] = ("portable",) if MANAGED else ("cache", "portable")
 
 
 def set_identity_mode(db: TestDatabase, mode: str) -> None:

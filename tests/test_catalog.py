@@ -239,9 +239,31 @@ MISTAKES: tuple[Mistake, ...] = (
         "role agentapi_app", "is a member of agentapi_owner",
     ),
     Mistake(
-        "app_role_posture", "service_without_bypassrls",
-        ("ALTER ROLE agentapi_service NOBYPASSRLS",),
-        "role agentapi_service", "lacks BYPASSRLS",
+        "app_role_posture", "service_with_bypassrls",
+        ("ALTER ROLE agentapi_service BYPASSRLS",),
+        "role agentapi_service", "has BYPASSRLS",
+    ),
+    Mistake(
+        "app_role_posture", "owner_with_createrole",
+        ("ALTER ROLE agentapi_owner CREATEROLE",),
+        "role agentapi_owner", "has CREATEROLE",
+    ),
+    Mistake(
+        "app_role_posture", "service_with_createdb",
+        ("ALTER ROLE agentapi_service CREATEDB",),
+        "role agentapi_service", "has CREATEDB",
+    ),
+    Mistake(
+        "multiple_permissive_policies", "second_update_policy",
+        ("CREATE POLICY users_update_again ON public.users FOR UPDATE TO agentapi_app "
+         "USING (id = (SELECT agentapi_auth.user_id()))",),
+        "table public.users", "2 permissive UPDATE policies for agentapi_app",
+    ),
+    Mistake(
+        "multiple_permissive_policies", "for_all_overlaps_select",
+        ("CREATE POLICY sessions_all ON public.user_sessions TO agentapi_app "
+         "USING (user_id = (SELECT agentapi_auth.user_id()))",),
+        "table public.user_sessions", "2 permissive SELECT policies for agentapi_app",
     ),
     Mistake(
         "app_role_posture", "group_role_can_login",

@@ -11,7 +11,7 @@ import pytest
 from agentapi_db import AsyncDatabase, Database, EncryptionKey
 from agentapi_db.errors import AgentApiDbError, InvalidInput, NotFound, PermissionDenied
 from tests.lib_support import Api, Tenants
-from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
+from tests.pg import APP_LOGIN, NOINHERIT_SERVICE_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
 pytest_plugins = ("tests.lib_fixtures",)
 
@@ -119,11 +119,17 @@ def test_work_outside_a_context_sees_nothing(api: Api, tenants: Tenants) -> None
         assert tx.users.list(organization_id=tenants.org_a) == []
         with pytest.raises(NotFound):
             tx.users.get(tenants.alice)
-    with api.svc.transaction() as tx:
-        # The service login without SET ROLE has no BYPASSRLS: nothing visible either.
-        assert tx.organizations.list() == []
-    with api.svc.transaction() as tx, pytest.raises(PermissionDenied):
+    # A login that does not inherit agentapi_service (agentapi-db's own logins are
+    # NOINHERIT) has none of its rights without SET ROLE: nothing visible, nothing
+    # writable. (One that inherits it acts with the service's policies, by design:
+    # the role has no attribute to withhold, only grants and policies.)
+    noinherit = api.factory(NOINHERIT_SERVICE_LOGIN)
+    with noinherit.transaction() as tx, pytest.raises(PermissionDenied):
+        tx.organizations.list()
+    with noinherit.transaction() as tx, pytest.raises(PermissionDenied):
         tx.organizations.provision(name="X", slug="x", admin_email="x@x.test")
+    with api.svc.as_service() as tx:
+        assert {o.id for o in tx.organizations.list()} >= {tenants.org_a}
 
 
 def test_as_user_with_unknown_or_inactive_user_sees_nothing(api: Api, tenants: Tenants) -> None:

@@ -325,8 +325,10 @@ def test_badly_named_migration_file_is_refused(sql_copy: Path) -> None:
         available_migrations()
 
 
-def test_version_one_needs_a_superuser(pg_server: PgServer, empty_db: str) -> None:
-    with pytest.raises(MigrationError, match="must run as a superuser"):
+def test_version_one_needs_the_database_owner_or_a_superuser(
+    pg_server: PgServer, empty_db: str
+) -> None:
+    with pytest.raises(MigrationError, match="must be applied by the owner of database"):
         migrate(pg_server.url(empty_db, OWNER_LOGIN))
     with psycopg.connect(pg_server.url(empty_db)) as conn:
         assert conn.execute(_TABLE_EXISTS, ("public.organizations",)).fetchone() == (False,)

@@ -174,3 +174,33 @@ def test_retention_gives_up_on_a_busy_audit_log_and_changes_nothing(db: TestData
         assert conn.execute(_RETIRED).fetchone() == (0,)
         assert len(conn.execute(_PARTITIONS).fetchall()) == 31 + 3 + 1  # nothing detached
     assert run_cli("audit", "retention", "--keep", "12", env=env).code == 0
+
+
+_RETIRED_UPDATE = "UPDATE agentapi_retired.{} SET action = 'rewritten'"
+_RETIRED_DELETE = "DELETE FROM agentapi_retired.{}"
+
+
+@pytest.mark.parametrize("statement", [_RETIRED_UPDATE, _RETIRED_DELETE], ids=["update", "delete"])
+def test_retired_partitions_stay_append_only_until_dropped(
+    db: TestDatabase, statement: str
+) -> None:
+    """DETACH drops the row trigger cloned from audit_logs; retention puts it back.
+
+    Even a superuser (who bypasses RLS and grants) cannot change a retired event.
+    """
+    _setup(db)
+    with db.connect(SUPERUSER) as conn:
+        assert conn.execute(_DETACH_ONLY, (12,)).fetchone() == (18,)
+        conn.commit()
+        name = _month_name(db, 13)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(psycopg.sql.SQL(statement).format(psycopg.sql.Identifier(name)))
+        conn.rollback()
+        # ...and agentapi_service (no BYPASSRLS) still reads it for the export.
+        conn.execute(_AS_SERVICE)
+        count = conn.execute(
+            psycopg.sql.SQL("SELECT count(*) FROM agentapi_retired.{}").format(
+                psycopg.sql.Identifier(name)
+            )
+        ).fetchone()
+        assert count == (3,)

@@ -217,4 +217,4 @@ def test_extensions_and_roles(applied: Applied) -> None:
                                           ("uuid-ossp", "extensions")]
     assert _rows(applied, _ROLES) == [("agentapi_app", False, False),
                                       ("agentapi_owner", False, False),
-                                      ("agentapi_service", False, True)]
+                                      ("agentapi_service", False, False)]

@@ -46,6 +46,7 @@ def test_a_migrated_database_passes_every_check(migrated_url: str) -> None:
     results = checks(migrated_url)
     expected = {f"lint:{item.name}" for item in lint.LINTS} | {
         "login_roles",
+        "login_escalation",
         "migration_history",
         "schema_version",
     }
@@ -67,6 +68,40 @@ def test_superuser_login_acting_as_app_is_a_finding(migrated_url: str) -> None:
     assert found["login_roles"] == [
         f"login {_SU_LOGIN} can act as agentapi_app but is SUPERUSER"
     ]
+
+
+_ESC_LOGIN = "verify_test_escalating_login"
+_CREATE_LOGIN = "CREATE ROLE {} LOGIN"
+_GRANT_OWNER = "GRANT agentapi_owner TO {}"
+_MIDDLE = "verify_test_middle_group"
+_CREATE_GROUP = "CREATE ROLE {} NOLOGIN"
+_GRANT = "GRANT {} TO {}"
+
+
+@pytest.mark.parametrize("indirect", [False, True], ids=["direct", "through_a_group"])
+def test_login_acting_as_app_and_owner_is_a_finding(migrated_url: str, indirect: bool) -> None:
+    login, middle = sql.Identifier(_ESC_LOGIN), sql.Identifier(_MIDDLE)
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        for role in (login, middle):
+            conn.execute(sql.SQL(_DROP_ROLE).format(role))
+        conn.execute(sql.SQL(_CREATE_LOGIN).format(login))
+        try:
+            conn.execute(sql.SQL(_GRANT_APP).format(login))
+            assert failing(migrated_url) == {}  # agentapi_app alone is what it should be
+            if indirect:
+                conn.execute(sql.SQL(_CREATE_GROUP).format(middle))
+                conn.execute(sql.SQL(_GRANT_OWNER).format(middle))
+                conn.execute(sql.SQL(_GRANT).format(middle, login))
+            else:
+                conn.execute(sql.SQL(_GRANT_OWNER).format(login))
+            found = failing(migrated_url)
+        finally:
+            for role in (login, middle):
+                conn.execute(sql.SQL(_DROP_ROLE).format(role))
+    assert list(found) == ["login_escalation"]
+    assert found["login_escalation"][0].startswith(
+        f"login {_ESC_LOGIN} can act as agentapi_app and as agentapi_owner"
+    )
 
 
 def test_migration_history_posture_is_checked(migrated_url: str) -> None:

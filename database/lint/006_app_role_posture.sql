@@ -6,13 +6,18 @@
 --     object (in any database of the cluster, per pg_shdepend); and it is not a
 --     member, directly or indirectly, of agentapi_owner, agentapi_service, a
 --     SUPERUSER or BYPASSRLS role, pg_read_all_data or pg_write_all_data;
---   * agentapi_service has BYPASSRLS;
+--   * agentapi_owner and agentapi_service are not SUPERUSER or BYPASSRLS
+--     either (they work through policies of their own), and none of the three
+--     has CREATEROLE, CREATEDB or REPLICATION;
 --   * agentapi_owner, agentapi_app and agentapi_service are NOLOGIN.
 --
 -- Why: RLS is the tenant boundary, and it does not apply to superusers, to
 -- BYPASSRLS roles or to a table's owner (FORCE aside); membership in a
--- privileged role lets the application SET ROLE to it. The group roles are
--- NOLOGIN so that every login is a named, separately revocable member.
+-- privileged role lets the application SET ROLE to it. The schema creates the
+-- roles with these attributes and never re-asserts them with ALTER ROLE (which
+-- managed PostgreSQL refuses to non-superusers), so this lint is what keeps
+-- watching them. The group roles are NOLOGIN so that every login is a named,
+-- separately revocable member.
 --
 -- Roles are cluster-wide: this reports on the cluster the database is in.
 -- Healthy: zero rows.
@@ -31,9 +36,19 @@ findings (object, detail) AS (
       FROM pg_catalog.pg_roles AS r JOIN expected AS e USING (rolname)
      WHERE r.rolcanlogin
     UNION ALL
-    SELECT 'role agentapi_service', 'lacks BYPASSRLS; provisioning and maintenance need it'
+    SELECT pg_catalog.format('role %I', r.rolname),
+           a.attr || '; it works through policies of its own and needs no role attribute'
       FROM pg_catalog.pg_roles AS r
-     WHERE r.rolname = 'agentapi_service' AND NOT r.rolbypassrls
+     CROSS JOIN LATERAL (VALUES (r.rolsuper, 'is SUPERUSER'),
+                                (r.rolbypassrls, 'has BYPASSRLS'),
+                                (r.rolcreaterole, 'has CREATEROLE')) AS a (flag, attr)
+     WHERE r.rolname IN ('agentapi_owner', 'agentapi_service') AND a.flag
+    UNION ALL
+    SELECT pg_catalog.format('role %I', r.rolname), a.attr || '; no contract role needs it'
+      FROM pg_catalog.pg_roles AS r JOIN expected AS e USING (rolname)
+     CROSS JOIN LATERAL (VALUES (r.rolcreatedb, 'has CREATEDB'),
+                                (r.rolreplication, 'has REPLICATION')) AS a (flag, attr)
+     WHERE a.flag
     UNION ALL
     SELECT 'role agentapi_app', a.attr || '; the application role must always be subject to RLS'
       FROM pg_catalog.pg_roles AS r

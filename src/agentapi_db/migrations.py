@@ -23,9 +23,13 @@ Rules
     * Only one migrator runs at a time: ``pg_advisory_lock`` on a fixed key, held on
       the migrator's session for the whole run; a second one waits, then finds
       nothing to do.
-    * Version 1 creates roles and extensions, so it runs as a superuser. Every later
-      migration runs with ``SET LOCAL ROLE agentapi_owner``, so whatever it creates is
-      owned by the owner role, like the rest of the schema.
+    * Version 1 creates roles and extensions. It runs as the database's owner with
+      CREATEROLE (what managed PostgreSQL gives: no superuser needed, on the old
+      CREATEROLE rules of 15 and the new ones of 16+), or as a superuser; it refuses
+      anyone else with a message that says what is missing. Every later migration
+      runs with ``SET LOCAL ROLE agentapi_owner``, so whatever it creates is owned by
+      the owner role, like the rest of the schema; the deploying login is a member of
+      agentapi_owner (version 1 grants that to itself when it is not a superuser).
     * The files are plain SQL as ``psql -f`` would take them; the one psql
       meta-command allowed is ``\\set ON_ERROR_STOP ...`` (the runner always stops
       at the first error). Any other line starting with a backslash is refused.
@@ -92,7 +96,6 @@ _SQL_READ_HISTORY = (
     "SELECT version, name, checksum, applied_at FROM agentapi_meta.schema_migrations "
     "ORDER BY version"
 )
-_SQL_IS_SUPERUSER = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
 _SQL_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 _SQL_LOCK = "SELECT pg_advisory_lock(%s)"
 _SQL_UNLOCK = "SELECT pg_advisory_unlock(%s)"
@@ -321,12 +324,6 @@ def _migrate_locked(
     if not pending:
         say(f"schema is up to date (version {max(state.latest_version, state.current_version)})")
         return []
-    is_superuser = bool(_scalar(conn, _SQL_IS_SUPERUSER))
-    if pending[0].version == 1 and not is_superuser:
-        raise MigrationError(
-            "migration 1 (schema.sql) creates roles and extensions and must run as a "
-            "superuser; connect with a superuser's URL"
-        )
     applied: list[Migration] = []
     for migration in pending:
         text = migration.sql_text()
@@ -344,6 +341,8 @@ def _migrate_locked(
                 _record(conn, migration)
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if exc.diag.message_hint:
+                detail += f" (hint: {exc.diag.message_hint})"
             raise MigrationError(
                 f"migration {migration.version} ({migration.name}) failed and was rolled "
                 f"back: {detail}"

@@ -8,6 +8,9 @@ The checks:
   attributes, ...), one check per lint;
 * ``login_roles``: no LOGIN role that can act as ``agentapi_app`` is a superuser
   or BYPASSRLS (the application's connection must be subject to RLS);
+* ``login_escalation``: no LOGIN role can act both as ``agentapi_app`` and as
+  ``agentapi_owner`` (on PostgreSQL 16+ only memberships with SET or INHERIT count;
+  the ADMIN-only grant that CREATEROLE gives a role's creator does not);
 * ``migration_history``: the bookkeeping schema ``agentapi_meta`` is owned by
   ``agentapi_owner``, grants nothing to PUBLIC and its table forces RLS (the lints
   look at the application's schemas only);
@@ -23,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import TupleRow
 
 from agentapi_db import lint
@@ -54,6 +58,32 @@ SELECT r.rolname,
  WHERE r.rolcanlogin AND (r.rolsuper OR r.rolbypassrls)
  ORDER BY 1
 """
+
+# Logins that can act as agentapi_app and also as agentapi_owner: an SQL injection in
+# the application could SET ROLE to the owner and change policies and grants. A
+# membership counts when it can be used: on PostgreSQL 16+ one that has the SET or
+# INHERIT option (CREATEROLE's automatic ADMIN-only grant to a role's creator does
+# not let the creator act as the role); on 15 every membership does.
+_SQL_ESCALATING_LOGINS = """
+WITH RECURSIVE members (groupname, roleid) AS (
+    SELECT g.rolname::text, m.member
+      FROM pg_catalog.pg_auth_members AS m
+      JOIN pg_catalog.pg_roles AS g ON g.oid = m.roleid
+     WHERE g.rolname IN ('agentapi_app', 'agentapi_owner') AND ({usable})
+    UNION
+    SELECT members.groupname, m.member
+      FROM pg_catalog.pg_auth_members AS m JOIN members ON m.roleid = members.roleid
+     WHERE {usable}
+)
+SELECT r.rolname, 'agentapi_owner'
+  FROM pg_catalog.pg_roles AS r JOIN members ON members.roleid = r.oid
+ WHERE r.rolcanlogin
+ GROUP BY r.rolname
+HAVING pg_catalog.count(DISTINCT members.groupname) = 2
+ ORDER BY 1
+"""
+_USABLE_MEMBERSHIP_16 = "m.set_option OR m.inherit_option"  # columns new in 16
+_USABLE_MEMBERSHIP_15 = "true"
 
 # Problems of the migration-history schema; zero rows when healthy (or absent:
 # schema_version reports a missing history).
@@ -119,6 +149,23 @@ def _check_login_roles(conn: Conn) -> CheckResult:
     )
 
 
+def _check_login_escalation(conn: Conn) -> CheckResult:
+    usable = (
+        _USABLE_MEMBERSHIP_16 if conn.info.server_version >= 160000 else _USABLE_MEMBERSHIP_15
+    )
+    query = sql.SQL(_SQL_ESCALATING_LOGINS).format(usable=sql.SQL(usable))
+    findings = [
+        f"login {name} can act as agentapi_app and as {other}: an SQL injection in the "
+        f"application could SET ROLE {other}; give the application a login of its own"
+        for name, other in conn.execute(query).fetchall()
+    ]
+    return CheckResult(
+        "login_escalation",
+        "no login acting as agentapi_app can also act as agentapi_owner",
+        findings,
+    )
+
+
 def _check_meta(conn: Conn) -> CheckResult:
     findings = [f"{obj}: {detail}" for obj, detail in _rows(conn, _SQL_META_POSTURE)]
     return CheckResult(
@@ -162,6 +209,7 @@ def run_checks(conn: Conn) -> list[CheckResult]:
     results = [
         *_lint_checks(conn),
         _check_login_roles(conn),
+        _check_login_escalation(conn),
         _check_meta(conn),
         _check_schema_version(conn),
     ]

@@ -40,7 +40,8 @@ def migrate_command(
 ) -> None:
     """Apply the pending migrations (version 1 is database/schema.sql).
 
-    Needs a superuser for version 1 (roles, extensions); later versions run as
+    Version 1 (roles, extensions) runs as the database's owner with CREATEROLE (no
+    superuser needed: managed PostgreSQL) or as a superuser; later versions run as
     agentapi_owner. Running it again is a no-op. A migration edited after it was
     applied is refused (exit 1).
     """
@@ -78,7 +79,7 @@ def verify_command(database_url: DatabaseUrlOption = None, json_output: JsonOpti
     RLS enabled and forced everywhere, nothing granted to PUBLIC, SECURITY DEFINER
     functions with a pinned search_path, views with security_invoker, role
     attributes, and the schema version (latest applied, checksums match).
-    Connect as a superuser or a member of agentapi_owner.
+    Connect as a superuser, the deploying login, or a member of agentapi_owner.
     """
     url = resolve_database_url(database_url, superuser=True)
     with psycopg.connect(url) as conn:
