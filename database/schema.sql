@@ -507,30 +507,170 @@ COMMENT ON COLUMN public.audit_logs.success IS 'Whether the audited action succe
 -- 5. Request context helpers (agentapi_auth)
 -- -----------------------------------------------------------------------------
 
--- app.user_id as given by the caller, parsed strictly. Anything but a canonical
--- UUID (unset, empty, malformed) gives NULL, so it matches no row. Every helper
--- call runs this, so it is written for speed: the LIKE fixes the length and the
--- four hyphens' places, then the regular expression allows only hex digits
--- between them (~0.6 us together, against ~2 us for the equivalent regular
--- expression with counted repetitions; tests/test_functions.py checks that they
--- accept exactly the same strings).
+-- 5.1 The authenticated request context -------------------------------------
+--
+-- A user id is not a secret: colleagues see each other's ids, and ids leak
+-- through side channels. So once a context key exists, app.user_id counts only
+-- together with app.context_token, a short-lived token for exactly that id:
+--
+--     v1.<key id>.<expiry, Unix seconds>.<mac>
+--     mac = hex(HMAC-SHA256(key, 'agentapi-context-v1.' || <user id, lower-case
+--                                 canonical text> || '.' || <expiry>))
+--     key id = the first 16 hex digits of sha256(key)
+--
+-- made by the library in-process (it holds a copy of the key from
+-- AGENTAPI_CONTEXT_KEY) or by agentapi_auth.sign_context() for agentapi_service.
+-- A token counts while its expiry is in the future (at the transaction's start,
+-- now()) but at most one day ahead, and while its key exists and has not
+-- expired. Keys live in agentapi_auth.context_keys, which only agentapi_owner
+-- (and so only definer code) can read: the caller cannot forge a token from SQL.
+-- Without any key the bare app.user_id is trusted, as the seed describes, and
+-- `agentapi-db verify` reports that. docs/security.md has the full rules.
+
+CREATE TABLE agentapi_auth.context_keys (
+    id          text        PRIMARY KEY,
+    secret      bytea       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    expires_at  timestamptz,
+    CONSTRAINT context_keys_secret_length CHECK (octet_length(secret) = 32),
+    CONSTRAINT context_keys_id_derived CHECK (id = substr(encode(sha256(secret), 'hex'), 1, 16))
+);
+ALTER TABLE agentapi_auth.context_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentapi_auth.context_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY context_keys_owner ON agentapi_auth.context_keys TO agentapi_owner USING (true) WITH CHECK (true);
+REVOKE ALL ON agentapi_auth.context_keys FROM PUBLIC;
+
+COMMENT ON TABLE agentapi_auth.context_keys IS
+    'Keys of the authenticated request context (HMAC-SHA256, 32 bytes). Readable only by agentapi_owner, i.e. by the definer helpers; the newest unexpired key signs, every unexpired key verifies (rotation overlap). Made only by agentapi_auth.context_key_create().';
+COMMENT ON COLUMN agentapi_auth.context_keys.id IS 'The first 16 hex digits of sha256(secret); named in every token.';
+COMMENT ON COLUMN agentapi_auth.context_keys.secret IS 'The 32-byte HMAC key, generated in the server; never sent to it.';
+COMMENT ON COLUMN agentapi_auth.context_keys.expires_at IS 'After this, tokens of this key no longer count (set by rotation: the overlap). NULL: current.';
+COMMENT ON POLICY context_keys_owner ON agentapi_auth.context_keys IS 'Only the owner (the definer helpers) reads or writes context keys.';
+
+-- The acting user as the caller asked for it: app.user_id parsed strictly as a
+-- canonical UUID, and, once a context key exists, only with a valid token for
+-- exactly that id (app.context_token). Anything else gives NULL, which matches
+-- no row. SECURITY DEFINER to read the keys. The MACs are compared through
+-- sha256 of each side, so the comparison's timing says nothing about the
+-- expected MAC.
 CREATE FUNCTION agentapi_auth.requested_user_id()
 RETURNS uuid
-LANGUAGE sql
+LANGUAGE plpgsql
 STABLE
-PARALLEL SAFE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 AS $$
-    -- A single expression, so the planner can inline it.
-    SELECT CASE
-        WHEN pg_catalog.current_setting('app.user_id', true) LIKE '________-____-____-____-____________'
-         AND pg_catalog.current_setting('app.user_id', true)
-             ~ '^[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+$'
-        THEN pg_catalog.current_setting('app.user_id', true)::pg_catalog.uuid
-    END
+DECLARE
+    raw text := pg_catalog.current_setting('app.user_id', true);
+    requested uuid;
+    token text[];
+    expiry bigint;
+BEGIN
+    -- The LIKE fixes the length and the four hyphens' places, the regular
+    -- expression allows only hex digits between them (tests/test_functions.py
+    -- checks this accepts exactly the canonical forms).
+    IF raw IS NULL OR raw NOT LIKE '________-____-____-____-____________'
+       OR raw !~ '^[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+-[0-9A-Fa-f]+$' THEN
+        RETURN NULL;
+    END IF;
+    requested := raw::uuid;
+    IF NOT EXISTS (SELECT 1 FROM agentapi_auth.context_keys) THEN
+        RETURN requested;  -- no key configured: the seed's bare app.user_id (verify reports it)
+    END IF;
+    token := pg_catalog.string_to_array(pg_catalog.current_setting('app.context_token', true), '.');
+    IF pg_catalog.cardinality(token) IS DISTINCT FROM 4 OR token[1] <> 'v1'
+       OR token[2] !~ '^[0-9a-f]{16}$' OR token[3] !~ '^[0-9]{1,11}$' OR token[4] !~ '^[0-9a-f]{64}$' THEN
+        RETURN NULL;
+    END IF;
+    expiry := token[3]::bigint;
+    IF pg_catalog.to_timestamp(expiry) <= now() OR pg_catalog.to_timestamp(expiry) > now() + interval '1 day' THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (
+        SELECT 1
+          FROM agentapi_auth.context_keys AS k
+         WHERE k.id = token[2]
+           AND (k.expires_at IS NULL OR k.expires_at > now())
+           AND pg_catalog.sha256(pg_catalog.convert_to(token[4], 'UTF8'))
+               = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(extensions.hmac(
+                     pg_catalog.convert_to('agentapi-context-v1.' || requested::text || '.' || token[3], 'UTF8'),
+                     k.secret, 'sha256'), 'hex'), 'UTF8'))) THEN
+        RETURN requested;
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 COMMENT ON FUNCTION agentapi_auth.requested_user_id() IS
-    'The transaction''s app.user_id parsed strictly as a canonical UUID; NULL if unset, empty or malformed. Not trusted by itself: see agentapi_auth.user_id().';
+    'The transaction''s app.user_id parsed strictly as a canonical UUID, and, once a context key exists, only with a valid unexpired app.context_token for exactly that id; else NULL. Not trusted by itself: see agentapi_auth.user_id().';
+
+-- A token for user_id, valid for valid_for (at most one day), signed with the
+-- newest unexpired key. For agentapi_service (the library signs in-process).
+CREATE FUNCTION agentapi_auth.sign_context(user_id uuid, valid_for interval)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    k record;
+    expiry bigint;
+BEGIN
+    IF user_id IS NULL OR valid_for IS NULL OR valid_for <= interval '0' OR valid_for > interval '1 day' THEN
+        RAISE EXCEPTION 'sign_context needs a user id and a validity between 0 and 1 day'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT c.id, c.secret INTO k
+      FROM agentapi_auth.context_keys AS c
+     WHERE c.expires_at IS NULL OR c.expires_at > now()
+     ORDER BY c.expires_at IS NULL DESC, c.created_at DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no context key is configured'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'agentapi-db context-key create';
+    END IF;
+    expiry := pg_catalog.floor(pg_catalog.date_part('epoch', now() + valid_for))::bigint;
+    RETURN 'v1.' || k.id || '.' || expiry || '.' || pg_catalog.encode(extensions.hmac(
+        pg_catalog.convert_to('agentapi-context-v1.' || user_id::text || '.' || expiry, 'UTF8'),
+        k.secret, 'sha256'), 'hex');
+END
+$$;
+
+COMMENT ON FUNCTION agentapi_auth.sign_context(uuid, interval) IS
+    'A context token (app.context_token) for user_id, valid for valid_for (0 < valid_for <= 1 day), signed with the newest unexpired context key. For agentapi_service.';
+
+-- Makes a new context key in the server (gen_random_bytes) and returns it once,
+-- so the key never travels to the server in a statement or parameter. With
+-- overlap, every older key that has not expired yet expires after overlap
+-- (rotation); without (NULL), older keys stay valid. For agentapi_owner
+-- (`agentapi-db context-key create|rotate`).
+CREATE FUNCTION agentapi_auth.context_key_create(overlap interval DEFAULT NULL)
+RETURNS TABLE (key_id text, secret bytea)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    made bytea := extensions.gen_random_bytes(32);
+BEGIN
+    IF overlap IS NOT NULL AND (overlap < interval '0' OR overlap > interval '7 days') THEN
+        RAISE EXCEPTION 'overlap must be between 0 and 7 days' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF overlap IS NOT NULL THEN
+        UPDATE agentapi_auth.context_keys AS c SET expires_at = now() + overlap
+         WHERE c.expires_at IS NULL OR c.expires_at > now() + overlap;
+    END IF;
+    DELETE FROM agentapi_auth.context_keys AS c WHERE c.expires_at < now() - interval '1 day';
+    INSERT INTO agentapi_auth.context_keys (id, secret)
+    VALUES (pg_catalog.substr(pg_catalog.encode(pg_catalog.sha256(made), 'hex'), 1, 16), made);
+    RETURN QUERY SELECT pg_catalog.substr(pg_catalog.encode(pg_catalog.sha256(made), 'hex'), 1, 16), made;
+END
+$$;
+
+COMMENT ON FUNCTION agentapi_auth.context_key_create(interval) IS
+    'Generates a context key in the server and returns it once (id, secret). overlap: older unexpired keys expire after it (rotation; NULL keeps them). Expired keys older than a day are deleted. For agentapi_owner.';
 
 -- The acting user, their organization, whether they are an admin, and their
 -- email, all from `users`: agentapi_auth.user_id(), organization_id(),
@@ -1444,7 +1584,8 @@ GRANT INSERT (id, "timestamp", user_id, organization_id, action, resource_type, 
 GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_service;
 GRANT EXECUTE ON FUNCTION
     public.cleanup_expired_sessions(),
-    public.audit_ensure_partitions(integer, integer)
+    public.audit_ensure_partitions(integer, integer),
+    agentapi_auth.sign_context(uuid, interval)
 TO agentapi_service;
 
 RESET ROLE;

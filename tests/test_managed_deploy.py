@@ -25,6 +25,7 @@ from psycopg import sql
 
 from agentapi_db import Database
 from agentapi_db.cluster import LocalCluster
+from agentapi_db.context import ContextKey
 from agentapi_db.errors import PermissionDenied
 from tests.cli_fixtures import assert_clean_error, run_cli, traversable_tmp_dir
 from tests.pg import SCHEMA_SQL, make_url
@@ -56,6 +57,7 @@ _UNSET_BYPASSRLS = "ALTER ROLE agentapi_service NOBYPASSRLS"
 class Managed:
     cluster: LocalCluster
     deployer_url: str  # the deployer on database agentapi
+    context_key: ContextKey | None = None
 
     def url(self, login: str, dbname: str = "agentapi", password: str = PASSWORD) -> str:
         return make_url(self.deployer_url, dbname=dbname, user=login, password=password)
@@ -87,7 +89,7 @@ def managed() -> Iterator[Managed]:
 
 @pytest.fixture(scope="module")
 def deployed(managed: Managed, tmp_path_factory: pytest.TempPathFactory) -> Managed:
-    """The README's steps 2-4: migrate, two logins, verify."""
+    """The README's steps 2-4: migrate, two logins, a context key (verify follows)."""
     migrated = run_cli("migrate", "--database-url", managed.deployer_url)
     assert migrated.code == 0, str(migrated)
     password_file = tmp_path_factory.mktemp("pw") / "password"
@@ -99,6 +101,14 @@ def deployed(managed: Managed, tmp_path_factory: pytest.TempPathFactory) -> Mana
         )  # fmt: skip
         assert made.code == 0, str(made)
         assert json.loads(made.stdout) == {"login": name, "group": f"agentapi_{role}"}
+    key_file = tmp_path_factory.mktemp("ctx") / "context.key"
+    created = run_cli(
+        "context-key", "create", "--output", str(key_file), "--database-url",
+        managed.deployer_url,
+    )  # fmt: skip
+    assert created.code == 0 and created.stdout == "", str(created)
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    managed.context_key = ContextKey.parse(key_file.read_text())
     return managed
 
 
@@ -161,7 +171,9 @@ def test_the_service_provisions_and_the_app_serves_isolated_tenants(deployed: Ma
         )  # fmt: skip
         assert created.code == 0, str(created)
         ids[slug] = json.loads(created.stdout)["admin"]["id"]
-    with Database(deployed.url(APP), min_size=1, max_size=1) as app:
+    with Database(
+        deployed.url(APP), context_key=deployed.context_key, min_size=1, max_size=1
+    ) as app:
         for slug, admin in ids.items():
             with app.as_user(admin) as tx:
                 assert [o.slug for o in tx.organizations.list()] == [slug]

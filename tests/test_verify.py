@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from agentapi_db import lint
+from agentapi_db import context_admin, lint
 from agentapi_db.migrations import migrate
 from agentapi_db.verify import CheckResult, run_checks
 from tests.cli_fixtures import empty_database
@@ -30,6 +30,8 @@ def migrated_url(pg_server: PgServer, login_roles: dict[str, str | None]) -> Ite
     with empty_database(pg_server, "agentapi_verify") as name:
         url = pg_server.url(name)
         migrate(url)
+        with psycopg.connect(url) as conn:
+            context_admin.create_key(conn)
         yield url
 
 
@@ -47,6 +49,7 @@ def test_a_migrated_database_passes_every_check(migrated_url: str) -> None:
     expected = {f"lint:{item.name}" for item in lint.LINTS} | {
         "login_roles",
         "login_escalation",
+        "context_key",
         "migration_history",
         "schema_version",
     }
@@ -135,3 +138,24 @@ def test_pending_migration_is_a_finding(
     assert found == {"schema_version": ["migration 2 (later) is not applied"]}
     migrate(migrated_url)
     assert failing(migrated_url) == {}
+
+
+_DROP_KEYS = "DELETE FROM agentapi_auth.context_keys"
+_EXPIRE_KEYS = "UPDATE agentapi_auth.context_keys SET expires_at = now() - interval '1 second'"
+
+
+def test_no_context_key_is_a_finding_that_says_what_injection_could_do(
+    migrated_url: str,
+) -> None:
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(_EXPIRE_KEYS)
+    found = failing(migrated_url)
+    assert list(found) == ["context_key"] and "every context key has expired" in found[
+        "context_key"
+    ][0]
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(_DROP_KEYS)
+    found = failing(migrated_url)
+    assert list(found) == ["context_key"]
+    assert "no context key is configured" in found["context_key"][0]
+    assert "SQL injection" in found["context_key"][0]

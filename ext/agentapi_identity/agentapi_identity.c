@@ -9,9 +9,11 @@
  * calls of the functions below, which give the same answers more cheaply:
  *
  *  - The answer comes from public.users, by the same rule as the portable
- *    helpers: the row whose id is app.user_id (parsed exactly as
- *    requested_user_id() parses it), if is_active; admin when role = 'admin'.
- *    Nothing else the caller sets is read.
+ *    helpers: the row whose id agentapi_auth.requested_user_id() gives (it
+ *    parses app.user_id and, once a context key exists, checks the token in
+ *    app.context_token), if is_active; admin when role = 'admin'. That SQL
+ *    function is called once per transaction and pair of settings, so the
+ *    token is verified once per transaction, not once per policy reference.
  *  - It is read with the snapshot of the statement that asks, as the portable
  *    helpers read it. The first call of a transaction looks the row up
  *    through users_pkey and remembers where the row version is (its TID) and
@@ -24,8 +26,8 @@
  *    descent); otherwise it looks the user up through the index again. So a
  *    change to users, committed by another transaction or made by this one, is
  *    seen exactly when the portable helpers would see it.
- *  - The answer is keyed by the exact app.user_id text and the backend's local
- *    transaction id, and dropped at the end of every transaction and when a
+ *  - The answer is keyed by the exact app.user_id and app.context_token texts
+ *    and the backend's local transaction id, and dropped at the end of every transaction and when a
  *    subtransaction aborts (a row version it made is gone).
  */
 #include "postgres.h"
@@ -43,6 +45,8 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "nodes/value.h"
+#include "parser/parse_func.h"
 #include "storage/itemptr.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
@@ -83,7 +87,8 @@ typedef struct IdentityCache
 	bool		valid;
 	LocalTransactionId lxid;
 	char	   *request;		/* app.user_id text, NULL if unset */
-	bool		parsed;			/* request is a canonical UUID */
+	char	   *token;			/* app.context_token text, NULL if unset */
+	bool		parsed;			/* requested_user_id() gave an id */
 	pg_uuid_t	requested;
 	/* the users row version the answer came from, if one was visible */
 	bool		have_row;
@@ -166,6 +171,11 @@ invalidate(void)
 		pfree(cache.request);
 		cache.request = NULL;
 	}
+	if (cache.token != NULL)
+	{
+		pfree(cache.token);
+		cache.token = NULL;
+	}
 }
 
 static void
@@ -201,39 +211,36 @@ _PG_init(void)
 }
 
 static bool
-same_request(const char *request)
+same_text(const char *a, const char *b)
 {
-	if (request == NULL || cache.request == NULL)
-		return request == NULL && cache.request == NULL;
-	return strcmp(request, cache.request) == 0;
+	if (a == NULL || b == NULL)
+		return a == NULL && b == NULL;
+	return strcmp(a, b) == 0;
 }
 
 /*
- * app.user_id parsed exactly as agentapi_auth.requested_user_id() does: a
- * canonical UUID (36 characters, hyphens at 8, 13, 18 and 23, ASCII hex digits
- * elsewhere, either case) or nothing.
+ * The id agentapi_auth.requested_user_id() gives for the current settings: the
+ * SQL function (SECURITY DEFINER, owned by agentapi_owner) parses app.user_id
+ * and verifies app.context_token, so this module and the portable helpers
+ * share one rule. It is looked up by its qualified name, in a schema the
+ * application cannot create objects in.
  */
 static bool
-parse_request(const char *request, pg_uuid_t *out)
+verified_request(pg_uuid_t *out)
 {
-	int			i;
+	List	   *name = list_make2(makeString("agentapi_auth"), makeString("requested_user_id"));
+	Oid			fn = LookupFuncName(name, 0, NULL, false);
+	FmgrInfo	flinfo;
+	Datum		result;
 
-	if (request == NULL || strlen(request) != 36)
+	LOCAL_FCINFO(fcinfo, 0);
+
+	fmgr_info(fn, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 0, InvalidOid, NULL, NULL);
+	result = FunctionCallInvoke(fcinfo);
+	if (fcinfo->isnull)
 		return false;
-	for (i = 0; i < 36; i++)
-	{
-		char		c = request[i];
-
-		if (i == 8 || i == 13 || i == 18 || i == 23)
-		{
-			if (c != '-')
-				return false;
-		}
-		else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-			return false;
-	}
-	memcpy(out, DatumGetUUIDP(DirectFunctionCall1(uuid_in, CStringGetDatum(request))),
-		   sizeof(pg_uuid_t));
+	memcpy(out, DatumGetUUIDP(result), sizeof(pg_uuid_t));
 	return true;
 }
 
@@ -487,14 +494,18 @@ static const IdentityCache *
 identity(void)
 {
 	const char *request = GetConfigOption("app.user_id", true, false);
+	const char *token = GetConfigOption("app.context_token", true, false);
 	Snapshot	snapshot;
 
-	if (!(cache.valid && cache.lxid == current_lxid() && same_request(request)))
+	if (!(cache.valid && cache.lxid == current_lxid() && same_text(request, cache.request) &&
+		  same_text(token, cache.token)))
 	{
 		invalidate();
-		cache.parsed = parse_request(request, &cache.requested);
+		cache.parsed = verified_request(&cache.requested);
 		if (request != NULL)
 			cache.request = MemoryContextStrdup(TopMemoryContext, request);
+		if (token != NULL)
+			cache.token = MemoryContextStrdup(TopMemoryContext, token);
 		cache.lxid = current_lxid();
 		cache.valid = true;
 	}

@@ -9,6 +9,9 @@ variable                            meaning
 ``AGENTAPI_ENCRYPTION_KEY_FILE``    file holding the key (instead of the variable)
 ``AGENTAPI_OLD_ENCRYPTION_KEY``     previous key during a rotation (optional)
 ``AGENTAPI_OLD_ENCRYPTION_KEY_FILE``  file holding the previous key (optional)
+``AGENTAPI_CONTEXT_KEY``            context key (64 hex digits) that signs the
+                                    request context (see :mod:`agentapi_db.context`)
+``AGENTAPI_CONTEXT_KEY_FILE``       file holding the context key
 ==================================  ================================================
 
 Setting both a key variable and its ``_FILE`` twin is an error (which one would win
@@ -22,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentapi_db.context import ContextKey, load_context_key
 from agentapi_db.errors import ConfigurationError
 from agentapi_db.keys import EncryptionKey
 
@@ -73,6 +77,7 @@ class Settings:
     database_url: str | None = None
     encryption_key: EncryptionKey | None = None
     old_encryption_key: EncryptionKey | None = None
+    context_key: ContextKey | None = None
 
     @classmethod
     def from_env(
@@ -102,7 +107,12 @@ class Settings:
             raise ConfigurationError(
                 f"{ENV_OLD_KEY} is set but {ENV_KEY} is not: rotation needs the new key too"
             )
-        return cls(database_url=url or None, encryption_key=key, old_encryption_key=old)
+        return cls(
+            database_url=url or None,
+            encryption_key=key,
+            old_encryption_key=old,
+            context_key=load_context_key(environ),
+        )
 
     def require_key(self) -> EncryptionKey:
         """The encryption key, or a ConfigurationError saying how to set one."""
@@ -117,7 +127,7 @@ class Settings:
         url = None if self.database_url is None else _redact_url(self.database_url)
         return (
             f"Settings(database_url={url!r}, encryption_key={self.encryption_key!r}, "
-            f"old_encryption_key={self.old_encryption_key!r})"
+            f"old_encryption_key={self.old_encryption_key!r}, context_key={self.context_key!r})"
         )
 
 

@@ -68,6 +68,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from agentapi_db import queries as Q
 from agentapi_db.config import Settings
+from agentapi_db.context import ContextKey
 from agentapi_db.errors import (
     AgentApiDbError,
     ConfigurationError,
@@ -278,9 +279,12 @@ def _pool_kwargs(prepare_threshold: int | None, application_name: str) -> dict[s
     }
 
 
-def _context_query(mode: str, user_id: UUID | None) -> tuple[LiteralString | None, dict[str, Any]]:
-    if mode == "user":
-        return Q.CONTEXT_AS_USER, {"user_id": str(user_id)}
+def _context_query(
+    mode: str, user_id: UUID | None, context_key: ContextKey | None
+) -> tuple[LiteralString | None, dict[str, Any]]:
+    if mode == "user" and user_id is not None:
+        token = context_key.sign(user_id) if context_key is not None else ""
+        return Q.CONTEXT_AS_USER, {"user_id": str(user_id), "token": token}
     if mode == "service":
         return Q.CONTEXT_AS_SERVICE, {}
     return None, {}
@@ -288,12 +292,18 @@ def _context_query(mode: str, user_id: UUID | None) -> tuple[LiteralString | Non
 
 class _DatabaseBase:
     def __init__(
-        self, url: str, *, key: EncryptionKey | None, old_key: EncryptionKey | None
+        self,
+        url: str,
+        *,
+        key: EncryptionKey | None,
+        old_key: EncryptionKey | None,
+        context_key: ContextKey | None = None,
     ) -> None:
         if old_key is not None and key is None:
             raise ConfigurationError("old_key needs key: rotation decrypts with either")
         self.key = key
         self.old_key = old_key
+        self.context_key = context_key
 
     @classmethod
     def from_settings(cls, settings: Settings, **pool_options: Any) -> Self:
@@ -305,6 +315,7 @@ class _DatabaseBase:
             settings.database_url,
             key=settings.encryption_key,
             old_key=settings.old_encryption_key,
+            context_key=settings.context_key,
             **pool_options,
         )
 
@@ -325,6 +336,7 @@ class Database(_DatabaseBase):
         *,
         key: EncryptionKey | None = None,
         old_key: EncryptionKey | None = None,
+        context_key: ContextKey | None = None,
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
@@ -332,7 +344,7 @@ class Database(_DatabaseBase):
         application_name: str = "agentapi-db",
         check_connections: bool = True,
     ) -> None:
-        super().__init__(url, key=key, old_key=old_key)
+        super().__init__(url, key=key, old_key=old_key, context_key=context_key)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
             min_size=min_size,
@@ -346,7 +358,7 @@ class Database(_DatabaseBase):
 
     @contextmanager
     def _tx(self, context: OpContext) -> Iterator[Transaction]:
-        setup, params = _context_query(context.mode, context.user_id)
+        setup, params = _context_query(context.mode, context.user_id, self.context_key)
         try:
             with self.pool.connection() as conn:
                 tx = Transaction(conn, context)
@@ -398,6 +410,7 @@ class AsyncDatabase(_DatabaseBase):
         *,
         key: EncryptionKey | None = None,
         old_key: EncryptionKey | None = None,
+        context_key: ContextKey | None = None,
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
@@ -405,7 +418,7 @@ class AsyncDatabase(_DatabaseBase):
         application_name: str = "agentapi-db",
         check_connections: bool = True,
     ) -> None:
-        super().__init__(url, key=key, old_key=old_key)
+        super().__init__(url, key=key, old_key=old_key, context_key=context_key)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             url,
             min_size=min_size,
@@ -425,7 +438,7 @@ class AsyncDatabase(_DatabaseBase):
 
     @asynccontextmanager
     async def _tx(self, context: OpContext) -> AsyncIterator[AsyncTransaction]:
-        setup, params = _context_query(context.mode, context.user_id)
+        setup, params = _context_query(context.mode, context.user_id, self.context_key)
         try:
             await self.open()
             async with self.pool.connection() as conn:
@@ -488,10 +501,14 @@ def _local_database_url() -> str:
 def _resolve(settings: Settings | None) -> Settings:
     resolved = settings if settings is not None else Settings.from_env()
     if resolved.database_url is None:
+        from agentapi_db.local import local_context_key
+
+        url = _local_database_url()
         resolved = Settings(
-            database_url=_local_database_url(),
+            database_url=url,
             encryption_key=resolved.encryption_key,
             old_encryption_key=resolved.old_encryption_key,
+            context_key=resolved.context_key or local_context_key(),
         )
     return resolved
 

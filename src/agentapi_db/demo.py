@@ -31,10 +31,11 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from agentapi_db.context import load_context_key
 from agentapi_db.db import Database, Transaction
 from agentapi_db.errors import AgentApiDbError, NotFound, PermissionDenied
 from agentapi_db.keys import EncryptionKey
-from agentapi_db.local import local_cluster
+from agentapi_db.local import local_cluster, local_context_key
 from agentapi_db.models import UserRole
 
 __all__ = [
@@ -342,7 +343,8 @@ def run_demo(url: str, *, json_output: bool = False, console: Console | None = N
     """
     out = console or Console(highlight=False)
     key = demo_key()
-    with Database(url, key=key, min_size=1, max_size=2) as db:
+    context_key = load_context_key() or local_context_key()
+    with Database(url, key=key, context_key=context_key, min_size=1, max_size=2) as db:
         loaded = load_demo(db)
         result = walkthrough(db)
     steps = result.steps

@@ -33,7 +33,9 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from agentapi_db import context_admin
 from agentapi_db.cluster import ClusterError, LocalCluster, default_data_dir
+from agentapi_db.context import ContextKey
 from agentapi_db.contract import TABLES
 from agentapi_db.migrations import (
     MigrationError,
@@ -117,6 +119,7 @@ def ensure_local_database(*, superuser: bool = False, data_dir: Path | None = No
                 "deletes it, then `agentapi-db up` builds a new one)"
             ) from exc
         _ensure_login(admin_url)
+        _ensure_context_key(cluster)
     if superuser:
         return cluster.url(LOCAL_DATABASE)
     return cluster.url(LOCAL_DATABASE, user=LOCAL_LOGIN)
@@ -131,6 +134,38 @@ def _ensure_login(admin_url: str) -> None:
             conn.execute(
                 sql.SQL(_SQL_GRANT).format(sql.Identifier(group), sql.Identifier(LOCAL_LOGIN))
             )
+
+
+CONTEXT_KEY_FILE = "context.key"
+"""The local database's context key, in its data dir (0600): the request context is
+authenticated there too, so `agentapi-db verify` passes and development runs the
+production path."""
+
+
+def local_context_key(data_dir: Path | None = None) -> ContextKey | None:
+    """The local database's context key, or None before it was made."""
+    path = local_cluster(data_dir).data_dir / CONTEXT_KEY_FILE
+    try:
+        return ContextKey.parse(path.read_text(encoding="utf-8"), source=f"key file {path}")
+    except FileNotFoundError:
+        return None
+
+
+def _ensure_context_key(cluster: LocalCluster) -> None:
+    """Make the local context key (in the database and the data dir) once."""
+    path = cluster.data_dir / CONTEXT_KEY_FILE
+    with psycopg.connect(cluster.url(LOCAL_DATABASE)) as conn:
+        known = {k.key_id for k in context_admin.list_keys(conn) if k.valid}
+        have = local_context_key(cluster.data_dir)
+        if have is not None and have.key_id in known:
+            return
+        key = context_admin.create_key(conn)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(key.hex() + "\n")
+    tmp.replace(path)
 
 
 def stop_local_database(data_dir: Path | None = None, *, purge: bool = False) -> bool:

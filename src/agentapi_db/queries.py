@@ -25,9 +25,13 @@ from typing import Final, LiteralString
 # set_config(..., true) is SET LOCAL: it ends with the transaction. Setting the
 # GUC "role" is exactly SET LOCAL ROLE (same membership check), in one round trip
 # together with app.user_id.
+# app.context_token: the token for that id (empty without a context key), see
+# agentapi_db.context. Both are bound parameters, never literals in the text, which
+# other sessions of the login could read in pg_stat_activity.
 CONTEXT_AS_USER: Final[LiteralString] = (
     "SELECT set_config('role', 'agentapi_app', true), "
-    "set_config('app.user_id', %(user_id)s::text, true)"
+    "set_config('app.user_id', %(user_id)s::text, true), "
+    "set_config('app.context_token', %(token)s::text, true)"
 )
 CONTEXT_AS_SERVICE: Final[LiteralString] = "SELECT set_config('role', 'agentapi_service', true)"
 

@@ -11,6 +11,9 @@ The checks:
 * ``login_escalation``: no LOGIN role can act both as ``agentapi_app`` and as
   ``agentapi_owner`` (on PostgreSQL 16+ only memberships with SET or INHERIT count;
   the ADMIN-only grant that CREATEROLE gives a role's creator does not);
+* ``context_key``: a context key exists and is valid, so ``app.user_id`` counts
+  only with a token (:mod:`agentapi_db.context`); without one, the bare id is
+  trusted, and this says what an SQL injection could then do;
 * ``migration_history``: the bookkeeping schema ``agentapi_meta`` is owned by
   ``agentapi_owner``, grants nothing to PUBLIC and its table forces RLS (the lints
   look at the application's schemas only);
@@ -84,6 +87,13 @@ HAVING pg_catalog.count(DISTINCT members.groupname) = 2
 """
 _USABLE_MEMBERSHIP_16 = "m.set_option OR m.inherit_option"  # columns new in 16
 _USABLE_MEMBERSHIP_15 = "true"
+
+# The authenticated request context: how many context keys exist, how many count.
+_SQL_CONTEXT_KEYS = """
+SELECT pg_catalog.count(*),
+       pg_catalog.count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now())
+  FROM agentapi_auth.context_keys
+"""
 
 # Problems of the migration-history schema; zero rows when healthy (or absent:
 # schema_version reports a missing history).
@@ -166,6 +176,39 @@ def _check_login_escalation(conn: Conn) -> CheckResult:
     )
 
 
+def _check_context_key(conn: Conn) -> CheckResult:
+    findings: list[str] = []
+    try:
+        with conn.transaction():
+            row = conn.execute(_SQL_CONTEXT_KEYS).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        row = None
+        findings.append(
+            "cannot read agentapi_auth.context_keys: run verify as the deploying login, a "
+            "member of agentapi_owner, or a superuser"
+        )
+    except psycopg.errors.UndefinedTable:
+        row = None
+        findings.append("agentapi_auth.context_keys is missing: run `agentapi-db migrate`")
+    if row is not None and row[0] == 0:
+        findings.append(
+            "no context key is configured: app.user_id is trusted as given, so an SQL "
+            "injection in the application (or anyone with its login) can act as any user "
+            "whose id it learns, another organization's admin included; run `agentapi-db "
+            "context-key create` and give the key to the application (AGENTAPI_CONTEXT_KEY)"
+        )
+    elif row is not None and row[1] == 0:
+        findings.append(
+            "every context key has expired: no request context counts, the application sees "
+            "nothing; run `agentapi-db context-key rotate`"
+        )
+    return CheckResult(
+        "context_key",
+        "the request context is authenticated (a context key exists and is valid)",
+        findings,
+    )
+
+
 def _check_meta(conn: Conn) -> CheckResult:
     findings = [f"{obj}: {detail}" for obj, detail in _rows(conn, _SQL_META_POSTURE)]
     return CheckResult(
@@ -210,6 +253,7 @@ def run_checks(conn: Conn) -> list[CheckResult]:
         *_lint_checks(conn),
         _check_login_roles(conn),
         _check_login_escalation(conn),
+        _check_context_key(conn),
         _check_meta(conn),
         _check_schema_version(conn),
     ]

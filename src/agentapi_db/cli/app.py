@@ -17,6 +17,7 @@ Conventions for a command:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -185,6 +186,11 @@ def open_database(
     from agentapi_db.db import Database
 
     settings = Settings.from_env(database_url=resolve_database_url(url))
+    local_db = not (url or any(os.environ.get(name) for name in DATABASE_URL_ENV))
+    if settings.context_key is None and local_db:
+        from agentapi_db import local
+
+        settings = dataclasses.replace(settings, context_key=local.local_context_key())
     if need_key:
         settings.require_key()
     target = settings.database_url or ""
