@@ -1,12 +1,15 @@
 """agentapi-db benchmark: RLS against hand-written tenant filters, at tenant scale.
 
     python bench/run.py [--quick] [--json] [--report] [--scale full|1pct|10pct|FRACTION]
-                        [--database-url SUPERUSER_URL] [--rounds N]
+                        [--database-url SUPERUSER_URL | --bindir PG_BIN_DIR] [--rounds N]
 
 Without ``--database-url`` it starts a throwaway PostgreSQL cluster
 (:class:`agentapi_db.cluster.LocalCluster`, ``fast=True``) and removes it at the
-end. It applies database/schema.sql, creates the bench logins (``bench_app``, a
-member of agentapi_app; ``bench_filter``, a BYPASSRLS member of
+end; ``--bindir`` names the server binaries it runs (default: those of
+:func:`agentapi_db.cluster.find_binaries`). ``psql`` and ``pgbench`` are found by
+:mod:`agentapi_db.pgtools`: at least the server's major version. It applies
+database/schema.sql, creates the bench logins (``bench_app``, a member of agentapi_app;
+``bench_filter``, a BYPASSRLS member of
 agentapi_service), loads data with bench/generate.sql and measures:
 
 * workloads 1 (session start) and 2 (admin pages) in form (a), RLS, and form (b),
@@ -61,7 +64,8 @@ from generate import Scale, generate, scale_named  # noqa: E402
 from pgscript import draw, parse_script, run_script, server_cpu_per_tx  # noqa: E402
 
 from agentapi_db import identity  # noqa: E402
-from agentapi_db.cluster import LocalCluster, find_binaries  # noqa: E402
+from agentapi_db.cluster import LocalCluster, probe_binaries  # noqa: E402
+from agentapi_db.pgtools import find_tool  # noqa: E402
 from agentapi_db.stats import tune_tenant_statistics  # noqa: E402
 
 SQL_DIR = HERE / "sql"
@@ -163,6 +167,11 @@ class Server:
     cluster: LocalCluster | None = None
     tmp: Path | None = None
     login_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    major: int = 0
+    """The server's major version (set once connected); client tools must be as new."""
+
+    def tool(self, name: str) -> str:
+        return str(find_tool(name, self.major).path)
 
     def url(self, dbname: str, login: str | None = None) -> str:
         if login is None:
@@ -187,6 +196,12 @@ def server_for(args: argparse.Namespace, big: Scale) -> Iterator[Server]:
     if args.database_url:
         yield Server(superuser=args.database_url)
         return
+    binaries = None
+    if args.bindir:
+        binaries = probe_binaries(Path(args.bindir))
+        if binaries is None:
+            raise SystemExit(f"--bindir {args.bindir}: no PostgreSQL server (postgres, initdb, "
+                             "pg_ctl) there")
     tmp = Path(tempfile.mkdtemp(prefix="agentapi-bench-"))
     tmp.chmod(0o755)
     shared = "4GB" if big.sessions >= 500_000 else "256MB"
@@ -202,6 +217,7 @@ def server_for(args: argparse.Namespace, big: Scale) -> Iterator[Server]:
             "jit": "off",
             "autovacuum_naptime": "'10s'",
         },
+        binaries=binaries,
     )
     try:
         cluster.init()
@@ -239,7 +255,7 @@ def ensure_logins(server: Server) -> None:
 
 
 def psql(server: Server, dbname: str, path: Path) -> None:
-    tool = str(find_binaries().tool("psql"))
+    tool = server.tool("psql")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     result = subprocess.run(
         [tool, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.url(dbname), "-f", str(path)],
@@ -339,7 +355,7 @@ def pgbench(
     With ``ends``, also appends each transaction's end time (Unix seconds) to it,
     in the same order as the latencies.
     """
-    tool = str(find_binaries().tool("pgbench"))
+    tool = server.tool("pgbench")
     use_identity(server, case.dbname, case.identity)
     with tempfile.TemporaryDirectory(prefix="agentapi-pgbench-") as logdir:
         argv = [
@@ -780,6 +796,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with psycopg.connect(server.url("postgres")) as conn:
             row = conn.execute(_SQL_SERVER_VERSION).fetchone()
             out["machine"]["postgresql"] = str(row[0]) if row else "?"
+            out["server_version_num"] = conn.info.server_version
+            server.major = conn.info.server_version // 10000
+        out["server_version"] = out["machine"]["postgresql"]
         dbs: dict[str, str] = {}
         rows: dict[str, dict[str, int]] = {}
         load: dict[str, float] = {}
@@ -1244,7 +1263,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the README table and plot from bench/results.json",
     )
     parser.add_argument("--scale", help="full (default), 10pct, 1pct or a fraction of full")
-    parser.add_argument("--database-url", help="a superuser URL of an existing server")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database-url", help="a superuser URL of an existing server")
+    where.add_argument(
+        "--bindir", help="bin directory of the PostgreSQL server to start (e.g. "
+        "/opt/agentapi-db/postgresql/18/bin); default: agentapi_db.cluster.find_binaries()"
+    )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7; quick 2)")
     args = parser.parse_args(argv)
     if args.report_only:

@@ -12,7 +12,9 @@ instead (and keeps it), with the same comparison.
 
 Both need a superuser (or a login that reads every row with row-level security
 off, which the schema's FORCE ROW LEVEL SECURITY leaves to superusers), and the
-PostgreSQL client tools of the server's version. The password never goes on a
+PostgreSQL client tools of the server's major version or newer, found by
+:mod:`agentapi_db.pgtools` (for a restore, also as new as the pg_dump that wrote the
+archive). The password never goes on a
 command line: it is handed to pg_dump/pg_restore as ``PGPASSWORD``.
 """
 
@@ -33,9 +35,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from agentapi_db import migrations
-from agentapi_db.cluster import find_binaries
 from agentapi_db.errors import AgentApiDbError, InvalidInput
 from agentapi_db.opsdb import Conn
+from agentapi_db.pgtools import archive_dump_major, find_tool
 
 __all__ = [
     "BackupManifest",
@@ -147,9 +149,14 @@ def _with_dbname(url: str, dbname: str) -> str:
     return make_conninfo("", **params)
 
 
-def _run_tool(tool: str, args: list[str], url: str) -> None:
+def _server_major(conn: Conn) -> int:
+    return int(conn.info.server_version) // 10000
+
+
+def _run_tool(tool: str, args: list[str], url: str, min_major: int) -> None:
     conninfo, env = _split_password(url)
-    argv = [str(find_binaries().tool(tool)), *args, "--no-password", "--dbname", conninfo]
+    program = find_tool(tool, min_major).path
+    argv = [str(program), *args, "--no-password", "--dbname", conninfo]
     try:
         result = subprocess.run(
             argv, capture_output=True, text=True, env=env, check=False, timeout=6 * 3600
@@ -184,7 +191,7 @@ def backup(url: str, file: Path) -> BackupManifest:
             database = str(conn.info.dbname)
             # The snapshot stays valid while this transaction is open.
             _run_tool("pg_dump", ["--format=custom", f"--snapshot={snapshot}", "--file",
-                                  str(partial)], url)
+                                  str(partial)], url, _server_major(conn))
         os.replace(partial, file)
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -208,6 +215,11 @@ def restore(url: str, file: Path, *, into: str | None = None) -> RestoreReport:
     expected = BackupManifest.load(manifest_path(file))
     name = into or f"agentapi_restore_check_{secrets.token_hex(4)}"
     with _admin(url) as admin:
+        # pg_restore must read the archive (as new as the pg_dump that wrote it) and
+        # talk to the target server: the newer of the two majors. Looked up before
+        # anything is created, so a missing tool leaves nothing behind.
+        needed = max(_server_major(admin), archive_dump_major(file) or 0)
+        find_tool("pg_restore", needed)
         if admin.execute(_SQL_DB_EXISTS, (name,)).fetchone() is not None:
             raise InvalidInput(f"database {name} already exists; restore needs a new one",
                                rule="restore_target")
@@ -215,7 +227,7 @@ def restore(url: str, file: Path, *, into: str | None = None) -> RestoreReport:
     target = _with_dbname(url, name)
     keep = into is not None
     try:
-        _run_tool("pg_restore", ["--exit-on-error", str(file)], target)
+        _run_tool("pg_restore", ["--exit-on-error", str(file)], target, needed)
         with psycopg.connect(target, autocommit=True) as conn:
             version = migrations.read_state(conn).current_version
             counts = _counts(conn)

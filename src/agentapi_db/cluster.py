@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import pwd
-import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +48,8 @@ from urllib.parse import quote
 
 from psycopg.conninfo import make_conninfo
 
+from agentapi_db.pgtools import candidate_dirs, tool_version
+
 __all__ = [
     "INSTALL_HINT",
     "PG_MIN_MAJOR",
@@ -60,6 +61,7 @@ __all__ = [
     "default_data_dir",
     "find_binaries",
     "free_port",
+    "probe_binaries",
 ]
 
 PG_MIN_MAJOR = 15
@@ -86,8 +88,6 @@ SETTINGS_FILE = "agentapi.conf"
 
 # sun_path is 108 bytes on Linux; PostgreSQL appends "/.s.PGSQL.<port>" (at most 16 chars).
 _MAX_SOCKET_DIR_LEN = 107 - len("/.s.PGSQL.65535")
-
-_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 
 
 class ClusterError(RuntimeError):
@@ -134,42 +134,19 @@ class PgBinaries:
         return (self.pkglibdir / "pg_cron.so").is_file()
 
 
-def _probe(bindir: Path) -> PgBinaries | None:
+def probe_binaries(bindir: Path) -> PgBinaries | None:
     """The server install in ``bindir``, or None when it is not a complete one."""
     if not all((bindir / tool).is_file() for tool in ("postgres", "initdb", "pg_ctl")):
         return None
-    try:
-        out = subprocess.run(
-            [str(bindir / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+    probed = tool_version(bindir / "postgres")
+    if probed is None:
         return None
-    match = _VERSION_RE.search(out)
-    if match is None:
-        return None
-    major = int(match.group(1))
-    version = match.group(1) if match.group(2) is None else f"{match.group(1)}.{match.group(2)}"
+    major, version = probed
     return PgBinaries(bindir=bindir, major=major, version=version)
 
 
 def _candidate_bindirs() -> list[Path]:
-    found: list[Path] = []
-    root = Path("/usr/lib/postgresql")
-    if root.is_dir():
-        versions = [p for p in root.iterdir() if p.name.isdigit() and (p / "bin").is_dir()]
-        found.extend(p / "bin" for p in sorted(versions, key=lambda p: int(p.name), reverse=True))
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=30
-            ).stdout.strip()
-            if out:
-                found.append(Path(out))
+    found = candidate_dirs(include_path=False)
     initdb = shutil.which("initdb")
     if initdb:
         found.append(Path(initdb).resolve().parent)
@@ -180,11 +157,12 @@ def find_binaries() -> PgBinaries:
     """Find PostgreSQL >= 15 server binaries.
 
     Order: ``$AGENTAPI_PG_BINDIR``; ``/usr/lib/postgresql/<highest version>/bin``;
-    ``pg_config --bindir``; the directory of ``initdb`` on ``PATH``.
+    ``/opt/agentapi-db/postgresql/<highest version>/bin``; ``pg_config --bindir``; the
+    directory of ``initdb`` on ``PATH`` (the scan of :mod:`agentapi_db.pgtools`).
     """
     override = os.environ.get("AGENTAPI_PG_BINDIR")
     if override:
-        found = _probe(Path(override))
+        found = probe_binaries(Path(override))
         if found is None:
             raise ClusterError(
                 f"AGENTAPI_PG_BINDIR={override} holds no PostgreSQL server "
@@ -202,14 +180,16 @@ def find_binaries() -> PgBinaries:
         if bindir in seen:
             continue
         seen.add(bindir)
-        found = _probe(bindir)
+        found = probe_binaries(bindir)
         if found is None:
             tried.append(str(bindir))
         elif found.major < PG_MIN_MAJOR:
             tried.append(f"{bindir} (PostgreSQL {found.version}, too old)")
         else:
             return found
-    where = ", ".join(tried) if tried else "/usr/lib/postgresql/*/bin, pg_config, PATH"
+    where = ", ".join(tried) if tried else (
+        "/usr/lib/postgresql/*/bin, /opt/agentapi-db/postgresql/*/bin, pg_config, PATH"
+    )
     raise ClusterError(
         f"PostgreSQL >= {PG_MIN_MAJOR} server binaries not found (looked in {where}); "
         f"{INSTALL_HINT}"
