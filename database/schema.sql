@@ -1025,30 +1025,84 @@ COMMENT ON POLICY audit_logs_insert_self ON public.audit_logs IS 'The applicatio
 -- 8. Functions
 -- -----------------------------------------------------------------------------
 
--- Token encryption. OpenPGP symmetric encryption (AES-256, with integrity
--- check) from pgcrypto. The key is a 256-bit random secret, not a passphrase,
--- so the S2K uses a salted single hash (s2k-mode=1) instead of the default
--- iterated one: iteration only slows brute force of weak passphrases, and
--- costs ~30x per call (see docs/schema.md). The random salt and session key
--- make two encryptions of one token differ. The minimum key length below is a
--- last line of defence; the library enforces the full 256-bit key format.
+-- Token encryption, format ag1 (docs/encryption.md). The LIBRARY ENCRYPTS AND
+-- DECRYPTS IN THE APPLICATION PROCESS (agentapi_db.crypto) and never calls these
+-- functions: they are for operators in psql, and read and write exactly what the
+-- library does. Calling them sends the key to the server, where statement
+-- logging, auto_explain or pg_stat_statements may record it: bind it, never
+-- write it as a literal (`verify` warns when it sees one).
+--
+--   ag1:<kid>:<base64(iv || AES-256-CBC(enc_key, iv, token) || tag)>
+--   kid     = first 8 bytes of HMAC-SHA256(key, 'agentapi-db/ag1/kid'), in hex
+--   enc_key = HMAC-SHA256(key, 'agentapi-db/ag1/enc')
+--   mac_key = HMAC-SHA256(key, 'agentapi-db/ag1/mac')
+--   tag     = HMAC-SHA256(mac_key, 'ag1:<kid>:' || iv || ciphertext)
+--
+-- The key is the 256-bit secret itself (64 hex digits, or base64/base64url of
+-- >= 32 bytes), as AGENTAPI_ENCRYPTION_KEY holds it. decrypt_token still reads
+-- the previous format (OpenPGP from pgp_sym_encrypt with the key's 64-hex text
+-- form as passphrase); rotate-key rewrites such values. A wrong key or corrupt
+-- data raises 39000 "Wrong key or corrupt data", never a silent NULL.
+
+-- The bytes of a key given as text: 64 hex digits, or base64/base64url (padded
+-- or not) of at least 32 bytes, like AGENTAPI_ENCRYPTION_KEY. Raises 22023 for
+-- anything shorter; the message never contains the key.
+CREATE FUNCTION public.token_key_bytes(key text)
+RETURNS bytea
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+AS $$
+DECLARE
+    k bytea;
+BEGIN
+    IF key IS NULL OR length(key) < 32 THEN
+        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF key ~ '^[0-9A-Fa-f]{64}$' THEN
+        k := decode(key, 'hex');
+    ELSE
+        k := decode(rpad(translate(key, '-_=', '+/'), (length(rtrim(key, '=')) + 3) / 4 * 4, '='),
+                    'base64');
+    END IF;
+    IF length(k) < 32 THEN
+        RAISE EXCEPTION 'encryption key must carry at least 256 bits'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN k;
+END
+$$;
+
+COMMENT ON FUNCTION public.token_key_bytes(text) IS
+    'The bytes of an encryption key written as 64 hex digits or base64/base64url of >= 32 bytes; raises invalid_parameter_value otherwise. Used by encrypt_token and decrypt_token.';
+
 CREATE FUNCTION public.encrypt_token(token text, key text)
 RETURNS text
 LANGUAGE plpgsql
 VOLATILE
 PARALLEL SAFE
 AS $$
+DECLARE
+    k bytea;
+    kid text;
+    iv bytea;
+    body bytea;
 BEGIN
     IF token IS NULL THEN
         RETURN NULL;
     END IF;
-    IF key IS NULL OR length(key) < 32 THEN
-        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN encode(
-        extensions.pgp_sym_encrypt(token, key, 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'),
-        'base64');
+    k := public.token_key_bytes(key);
+    kid := encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex');
+    iv := extensions.gen_random_bytes(16);
+    body := iv || extensions.encrypt_iv(convert_to(token, 'UTF8'),
+                                        extensions.hmac('agentapi-db/ag1/enc'::bytea, k, 'sha256'),
+                                        iv, 'aes-cbc/pad:pkcs');
+    RETURN 'ag1:' || kid || ':' || translate(encode(
+        body || extensions.hmac(convert_to('ag1:' || kid || ':', 'UTF8') || body,
+                                extensions.hmac('agentapi-db/ag1/mac'::bytea, k, 'sha256'),
+                                'sha256'),
+        'base64'), E'\n', '');
 END
 $$;
 
@@ -1058,6 +1112,10 @@ LANGUAGE plpgsql
 IMMUTABLE
 PARALLEL SAFE
 AS $$
+DECLARE
+    k bytea;
+    raw bytea;
+    body bytea;
 BEGIN
     IF encrypted_token IS NULL THEN
         RETURN NULL;
@@ -1066,16 +1124,39 @@ BEGIN
         RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- A wrong key or corrupt data raises "Wrong key or corrupt data" (39000);
-    -- malformed base64 raises 22023. Neither ever yields a silent NULL.
-    RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+    IF left(encrypted_token, 4) <> 'ag1:' THEN
+        -- The previous format. Malformed base64 raises 22023, a wrong key 39000.
+        RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+    END IF;
+    k := public.token_key_bytes(key);
+    IF substr(encrypted_token, 5, 17) IS DISTINCT FROM
+       encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex') || ':' THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data'
+            USING ERRCODE = 'external_routine_invocation_exception',
+                  DETAIL = 'the ciphertext names another key id';
+    END IF;
+    raw := decode(substr(encrypted_token, 22), 'base64');
+    IF length(raw) < 64 OR (length(raw) - 48) % 16 <> 0 THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data' USING ERRCODE = 'external_routine_invocation_exception';
+    END IF;
+    body := substr(raw, 1, length(raw) - 32);
+    -- Not a constant-time comparison: acceptable for an operator's session, where
+    -- the caller already holds the key; the library compares in constant time.
+    IF extensions.hmac(convert_to(left(encrypted_token, 21), 'UTF8') || body,
+                       extensions.hmac('agentapi-db/ag1/mac'::bytea, k, 'sha256'), 'sha256')
+       <> substr(raw, length(raw) - 31) THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data' USING ERRCODE = 'external_routine_invocation_exception';
+    END IF;
+    RETURN convert_from(extensions.decrypt_iv(substr(body, 17),
+                                              extensions.hmac('agentapi-db/ag1/enc'::bytea, k, 'sha256'),
+                                              substr(body, 1, 16), 'aes-cbc/pad:pkcs'), 'UTF8');
 END
 $$;
 
 COMMENT ON FUNCTION public.encrypt_token(text, text) IS
-    'Encrypts a token with pgcrypto (OpenPGP, AES-256, salted S2K); base64 text out. NULL in, NULL out. Two calls give different ciphertexts. Pass the key as a bind parameter.';
+    'For operators in psql: encrypts a token in the library''s ag1 format (AES-256-CBC + HMAC-SHA256, key id in the text). NULL in, NULL out. Two calls give different ciphertexts. Sends the key to the server: bind it, never a literal. The library never calls it.';
 COMMENT ON FUNCTION public.decrypt_token(text, text) IS
-    'Inverse of encrypt_token. NULL in, NULL out. A wrong key or corrupt input raises an error; it never returns a silent NULL.';
+    'Inverse of encrypt_token, and reader of the previous OpenPGP format. NULL in, NULL out. A wrong key or corrupt input raises 39000; it never returns a silent NULL. The library never calls it.';
 
 -- During a key rotation a ciphertext may still be under the old key: try `key`,
 -- and on "Wrong key or corrupt data" (39000) `old_key`. The library calls it only
@@ -1426,6 +1507,7 @@ GRANT EXECUTE ON FUNCTION
     agentapi_auth.organization_id(),
     agentapi_auth.admin_organization_id(),
     agentapi_auth.user_email(),
+    public.token_key_bytes(text),
     public.encrypt_token(text, text),
     public.decrypt_token(text, text),
     public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text),
@@ -1500,8 +1582,11 @@ BEGIN
     IF encrypted_token IS NULL THEN
         RETURN NULL;
     END IF;
-    IF public.token_decrypts_with(encrypted_token, new_key) THEN
+    IF left(encrypted_token, 4) = 'ag1:' AND public.token_decrypts_with(encrypted_token, new_key) THEN
         RETURN encrypted_token;
+    END IF;
+    IF public.token_decrypts_with(encrypted_token, new_key) THEN
+        RETURN public.encrypt_token(public.decrypt_token(encrypted_token, new_key), new_key);
     END IF;
     IF public.token_decrypts_with(encrypted_token, old_key) THEN
         RETURN public.encrypt_token(public.decrypt_token(encrypted_token, old_key), new_key);
@@ -1514,7 +1599,7 @@ $$;
 COMMENT ON FUNCTION public.token_decrypts_with(text, text) IS
     'True if the ciphertext decrypts with the key, false on a wrong key or corrupt data; NULL in, NULL out. For key rotation checks (agentapi_service).';
 COMMENT ON FUNCTION public.reencrypt_token(text, text, text) IS
-    'Key rotation step: the ciphertext unchanged if it decrypts with new_key, else re-encrypted from old_key to new_key; raises data_corrupted if neither key opens it.';
+    'For operators in psql (rotate-key works in the application process): the ciphertext unchanged if it is ag1 under new_key, else re-encrypted into ag1 under new_key from whichever key opens it; raises data_corrupted if neither key opens it.';
 
 -- 12.2 Audit hash chain (tamper evidence, opt-in per organization) -------------
 --

@@ -2,10 +2,10 @@
 
 Inputs are validated in Python (:class:`~agentapi_db.models.McpConfigSpec`, same rule
 names as the schema's constraints) before any statement runs. A bearer token is
-encrypted in the database on write (``encrypt_token(token, key)``, both bind
-parameters) and decrypted only when asked: ``get(..., decrypt=True)``,
-``get_secret(...)`` or ``list_effective(decrypt=True)``; results otherwise carry
-``bearer_token=None`` and ``has_bearer_token``.
+encrypted in the application process before it is written (the statement only
+carries its ciphertext) and decrypted, again in the process, only when asked:
+``get(..., decrypt=True)``, ``get_secret(...)`` or ``list_effective(decrypt=True)``;
+results otherwise carry ``bearer_token=None`` and ``has_bearer_token``.
 
 Scope: ``scope="user"`` (default) makes a personal config of the acting user (or
 ``user_id``); ``scope="organization"`` an org-wide one, which only an admin (or
@@ -39,6 +39,7 @@ from agentapi_db.ops._core import (
     all_rows,
     missing_or_denied,
     one,
+    open_fields,
     read_key_params,
     reveal,
 )
@@ -65,8 +66,7 @@ def _write_params(ctx: OpContext, spec: McpConfigSpec, token: str | None) -> dic
         "args": Jsonb(list(spec.args)),
         "env": Jsonb(dict(spec.env)),
         "auth_type": spec.auth_type,
-        "bearer_token": token,
-        "key": ctx.require_key().sql_value if token is not None else None,
+        "bearer_token": ctx.ring().seal(token) if token is not None else None,
         "oauth_provider": spec.oauth_provider,
         "enabled": spec.enabled,
     }
@@ -119,7 +119,7 @@ def create(
 
 
 def _visible(config_id: UUID) -> dict[str, object]:
-    return {"id": config_id, "decrypt": False, "key": None, "old_key": None}
+    return {"id": config_id, "decrypt": False}
 
 
 def update(
@@ -191,6 +191,8 @@ def get(
     row = yield from one("mcp.get", Q.MCP_GET, params, sensitive=decrypt)
     if row is None:
         raise NotFound("MCP configuration not found")
+    if decrypt:
+        open_fields(ctx, row, "bearer_token")
     return McpConfiguration.model_validate(row)
 
 
@@ -221,6 +223,8 @@ def list_effective(
     params = {"user_id": uid, **read_key_params(ctx, decrypt)}
     rows = yield from all_rows("mcp.list_effective", Q.MCP_LIST_EFFECTIVE, params,
                                sensitive=decrypt)
+    if decrypt:
+        rows = [open_fields(ctx, r, "bearer_token") for r in rows]
     return [EffectiveMcpConfiguration.model_validate(r) for r in rows]
 
 
