@@ -1106,29 +1106,18 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION public.decrypt_token(encrypted_token text, key text)
+-- Opens an ag1 ciphertext with the key bytes k; raises 39000 if the ciphertext
+-- names another key id or fails its tag. Follows no data key (decrypt_token does).
+CREATE FUNCTION public.token_open(encrypted_token text, k bytea)
 RETURNS text
 LANGUAGE plpgsql
 IMMUTABLE
 PARALLEL SAFE
 AS $$
 DECLARE
-    k bytea;
     raw bytea;
     body bytea;
 BEGIN
-    IF encrypted_token IS NULL THEN
-        RETURN NULL;
-    END IF;
-    IF key IS NULL OR length(key) < 32 THEN
-        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF left(encrypted_token, 4) <> 'ag1:' THEN
-        -- The previous format. Malformed base64 raises 22023, a wrong key 39000.
-        RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
-    END IF;
-    k := public.token_key_bytes(key);
     IF substr(encrypted_token, 5, 17) IS DISTINCT FROM
        encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex') || ':' THEN
         RAISE EXCEPTION 'Wrong key or corrupt data'
@@ -1153,10 +1142,52 @@ BEGIN
 END
 $$;
 
+COMMENT ON FUNCTION public.token_open(text, bytea) IS
+    'Opens an ag1 ciphertext with the given key bytes (no data-key look-up); raises 39000 on another key id or a failed tag. The inner step of decrypt_token.';
+
+-- key is the key the value was encrypted with, or the master key that wraps
+-- the organization data key it was encrypted with: then the data key is looked
+-- up (under the caller's RLS) by the key id in the ciphertext, unwrapped with
+-- key, and used. One level only: a wrapped key must be under key itself.
+CREATE FUNCTION public.decrypt_token(encrypted_token text, key text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+PARALLEL SAFE
+AS $$
+DECLARE
+    k bytea;
+    wrapped text;
+BEGIN
+    IF encrypted_token IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF key IS NULL OR length(key) < 32 THEN
+        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF left(encrypted_token, 4) <> 'ag1:' THEN
+        -- The previous format. Malformed base64 raises 22023, a wrong key 39000.
+        RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+    END IF;
+    k := public.token_key_bytes(key);
+    IF substr(encrypted_token, 5, 16) IS DISTINCT FROM
+       encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex') THEN
+        SELECT d.wrapped_key INTO wrapped
+          FROM public.organization_data_keys AS d
+         WHERE d.key_id = substr(encrypted_token, 5, 16);
+        IF FOUND THEN
+            k := decode(public.token_open(wrapped, k), 'hex');
+        END IF;
+    END IF;
+    RETURN public.token_open(encrypted_token, k);
+END
+$$;
+
 COMMENT ON FUNCTION public.encrypt_token(text, text) IS
     'For operators in psql: encrypts a token in the library''s ag1 format (AES-256-CBC + HMAC-SHA256, key id in the text). NULL in, NULL out. Two calls give different ciphertexts. Sends the key to the server: bind it, never a literal. The library never calls it.';
 COMMENT ON FUNCTION public.decrypt_token(text, text) IS
-    'Inverse of encrypt_token, and reader of the previous OpenPGP format. NULL in, NULL out. A wrong key or corrupt input raises 39000; it never returns a silent NULL. The library never calls it.';
+    'Inverse of encrypt_token, and reader of the previous OpenPGP format; given the master key, it also opens values encrypted with an organization data key (looked up under the caller''s RLS). NULL in, NULL out. A wrong key or corrupt input raises 39000; it never returns a silent NULL. The library never calls it.';
 
 -- During a key rotation a ciphertext may still be under the old key: try `key`,
 -- and on "Wrong key or corrupt data" (39000) `old_key`. The library calls it only
@@ -1508,6 +1539,7 @@ GRANT EXECUTE ON FUNCTION
     agentapi_auth.admin_organization_id(),
     agentapi_auth.user_email(),
     public.token_key_bytes(text),
+    public.token_open(text, bytea),
     public.encrypt_token(text, text),
     public.decrypt_token(text, text),
     public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text),
@@ -2106,5 +2138,66 @@ GRANT EXECUTE ON FUNCTION
     public.audit_retention(integer),
     public.tune_tenant_statistics(text)
 TO agentapi_service;
+
+RESET ROLE;
+
+-- -----------------------------------------------------------------------------
+-- 13. Envelope encryption: per-organization data keys (docs/encryption.md)
+--
+-- Each organization's secrets are encrypted (format ag1, section 8) with its own
+-- 256-bit data key. A data key is stored only wrapped: its 64-hex text form
+-- encrypted in format ag1 under a master key, which lives in the application's
+-- environment (AGENTAPI_ENCRYPTION_KEY) and never reaches the database. All
+-- wrapping, unwrapping and encryption happens in the application process.
+-- Rotating the master key re-wraps these rows only; deleting an organization
+-- deletes its rows (crypto-shredding).
+-- -----------------------------------------------------------------------------
+
+SET ROLE agentapi_owner;
+
+CREATE TABLE public.organization_data_keys (
+    key_id           text        PRIMARY KEY,
+    organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
+    wrapped_key      text        NOT NULL,
+    is_primary       boolean     NOT NULL DEFAULT true,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT organization_data_keys_key_id_format CHECK (key_id ~ '^[0-9a-f]{16}$'),
+    CONSTRAINT organization_data_keys_wrapped_format CHECK (wrapped_key ~ '^ag1:[0-9a-f]{16}:[A-Za-z0-9+/=]+$')
+);
+-- One primary (encrypting) data key per organization; others only decrypt
+-- until a data-key rotation has moved every value off them.
+CREATE UNIQUE INDEX organization_data_keys_primary_key ON public.organization_data_keys (organization_id)
+    WHERE is_primary;
+CREATE INDEX organization_data_keys_organization_id_idx ON public.organization_data_keys (organization_id);
+
+ALTER TABLE public.organization_data_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.organization_data_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY organization_data_keys_owner ON public.organization_data_keys TO agentapi_owner
+    USING (true) WITH CHECK (true);
+CREATE POLICY organization_data_keys_service ON public.organization_data_keys TO agentapi_service
+    USING (true) WITH CHECK (true);
+CREATE POLICY organization_data_keys_select ON public.organization_data_keys FOR SELECT TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.organization_id()));
+CREATE POLICY organization_data_keys_insert ON public.organization_data_keys FOR INSERT TO agentapi_app
+    WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id()) AND is_primary);
+
+COMMENT ON TABLE public.organization_data_keys IS
+    'Per-organization data keys, stored only wrapped by a master key that never reaches the database. Deleting the organization deletes them (crypto-shredding).';
+COMMENT ON COLUMN public.organization_data_keys.key_id IS 'The ag1 key id of the data key: what every ciphertext made with it starts with (ag1:<key_id>:).';
+COMMENT ON COLUMN public.organization_data_keys.organization_id IS 'The organization whose secrets this key encrypts.';
+COMMENT ON COLUMN public.organization_data_keys.wrapped_key IS 'The data key (64 hex digits) encrypted in format ag1 under a master key; the master key''s id is its second field.';
+COMMENT ON COLUMN public.organization_data_keys.is_primary IS 'The key new secrets of the organization are encrypted with (one per organization); the others only decrypt during a data-key rotation.';
+COMMENT ON COLUMN public.organization_data_keys.created_at IS 'When the data key was made.';
+COMMENT ON INDEX public.organization_data_keys_primary_key IS 'At most one primary data key per organization; concurrent first writes race on it and one wins.';
+COMMENT ON INDEX public.organization_data_keys_organization_id_idx IS 'An organization''s data keys (rotation, shredding, and the cascade from organizations).';
+COMMENT ON CONSTRAINT organization_data_keys_key_id_format ON public.organization_data_keys IS 'A key id is 16 lowercase hex digits.';
+COMMENT ON CONSTRAINT organization_data_keys_wrapped_format ON public.organization_data_keys IS 'A wrapped key is an ag1 ciphertext.';
+COMMENT ON POLICY organization_data_keys_owner ON public.organization_data_keys IS 'The owner manages every data key.';
+COMMENT ON POLICY organization_data_keys_service ON public.organization_data_keys IS 'agentapi_service reads, makes, re-wraps and deletes every organization''s data keys (rotation, shredding).';
+COMMENT ON POLICY organization_data_keys_select ON public.organization_data_keys IS 'Members read the wrapped data keys of their own organization: useless without the master key, needed to open their secrets.';
+COMMENT ON POLICY organization_data_keys_insert ON public.organization_data_keys IS 'A member''s first secret write makes their organization''s primary data key if it has none (organizations created before data keys existed); members never change or delete one.';
+
+GRANT SELECT, INSERT ON public.organization_data_keys TO agentapi_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.organization_data_keys TO agentapi_service;
 
 RESET ROLE;

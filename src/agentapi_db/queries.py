@@ -220,6 +220,34 @@ DELETE FROM public.user_sessions WHERE id = %(id)s RETURNING id
 SESSION_CLEANUP: Final[LiteralString] = "SELECT public.cleanup_expired_sessions() AS deleted"
 
 # ---------------------------------------------------------------------------
+# organization_data_keys (envelope encryption; agentapi_db.ops._secrets)
+# ---------------------------------------------------------------------------
+
+# The organization a secret belongs to (given, else the user's, else the acting
+# user's) and its primary data key, wrapped, if it has one yet.
+DATA_KEY_PRIMARY: Final[LiteralString] = """
+SELECT o.id AS organization_id, k.key_id, k.wrapped_key
+  FROM (SELECT coalesce(%(organization_id)s::uuid,
+                        (SELECT u.organization_id FROM public.users AS u
+                          WHERE u.id = %(user_id)s::uuid),
+                        agentapi_auth.organization_id()) AS id) AS o
+  LEFT JOIN public.organization_data_keys AS k ON k.organization_id = o.id AND k.is_primary
+"""
+
+# Concurrent first writes race on the one-primary index: the loser reads the
+# winner's key again.
+DATA_KEY_INSERT: Final[LiteralString] = """
+INSERT INTO public.organization_data_keys (key_id, organization_id, wrapped_key)
+VALUES (%(key_id)s, %(organization_id)s, %(wrapped_key)s)
+ON CONFLICT (organization_id) WHERE is_primary DO NOTHING
+RETURNING key_id
+"""
+
+DATA_KEYS_BY_ID: Final[LiteralString] = """
+SELECT key_id, wrapped_key FROM public.organization_data_keys WHERE key_id = ANY(%(key_ids)s)
+"""
+
+# ---------------------------------------------------------------------------
 # mcp_configurations
 # ---------------------------------------------------------------------------
 

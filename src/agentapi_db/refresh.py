@@ -32,6 +32,7 @@ from uuid import UUID
 from agentapi_db.crypto.ring import ring_for
 from agentapi_db.errors import AgentApiDbError, InvalidInput, NotFound
 from agentapi_db.keys import EncryptionKey
+from agentapi_db.ops._secrets import drive, open_values, org_sealer
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
@@ -203,7 +204,8 @@ def claim_expiring(
     # claim back (no lease is left on tokens nobody received).
     with service_transaction(conn):
         rows = conn.execute(_SQL_CLAIM, params).fetchall()
-        opened = [(ring.open(r[10]), ring.open(r[11])) for r in rows]
+        values = drive(conn, open_values(ring, [v for r in rows for v in (r[10], r[11])]))
+    opened = [(str(values[2 * i]), str(values[2 * i + 1])) for i in range(len(rows))]
     claims = [
         ClaimedToken(
             id=r[0],
@@ -245,16 +247,18 @@ def store_refreshed(
     """
     if not access_token:
         raise InvalidInput("access token must not be empty", rule="access_token")
-    params: dict[str, Any] = {
-        "id": claim.id,
-        "worker": claim.worker_id,
-        "access_token": ring_for(key, None).seal(access_token),
-        "refresh_token": ring_for(key, None).seal_optional(refresh_token),
-        "expires_at": expires_at,
-        "token_type": token_type,
-        "scope": scope,
-    }
     with service_transaction(conn):
+        sealer = drive(conn, org_sealer(ring_for(key, None),
+                                        organization_id=claim.organization_id))
+        params: dict[str, Any] = {
+            "id": claim.id,
+            "worker": claim.worker_id,
+            "access_token": sealer.seal(access_token),
+            "refresh_token": sealer.seal_optional(refresh_token),
+            "expires_at": expires_at,
+            "token_type": token_type,
+            "scope": scope,
+        }
         row = conn.execute(_SQL_STORE, params).fetchone()
     if row is None:
         raise LeaseLost(f"the refresh lease on token {claim.id} is no longer held by this worker")

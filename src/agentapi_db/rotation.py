@@ -1,29 +1,32 @@
-"""Online, crash-safe encryption key rotation (``agentapi-db rotate-key``).
+"""Online, crash-safe master-key rotation (``agentapi-db rotate-key``).
 
-Every encrypted value (``mcp_configurations.bearer_token``,
-``mcp_oauth_tokens.access_token`` and ``refresh_token``) is re-encrypted into the
-``ag1`` format under the new key, in batches, in this process (no key and no
-plaintext token is sent to PostgreSQL):
+Secrets are encrypted with per-organization data keys, which are stored wrapped
+by the master key. Rotating the master key therefore re-wraps the data keys only
+(one row per organization), in this process (no key and no plaintext token is
+sent to PostgreSQL). A second pass moves values not yet under a data key
+(the previous pgcrypto OpenPGP format, or ``ag1`` directly under a master key, as
+an operator's ``encrypt_token`` in psql writes) to their organization's data key:
 
 * a batch is one transaction as ``agentapi_service``: it locks the next
-  ``batch_size`` rows by id (keyset pagination, ``FOR UPDATE``) and reads their
-  ciphertexts; each value already ``ag1`` under the new key is left alone, every
-  other one (``ag1`` under the old key, or the previous pgcrypto OpenPGP format
-  under either key) is opened and sealed again under the new key, and the batch
-  writes the changed ciphertexts back with one ``UPDATE ... FROM unnest``;
+  ``batch_size`` rows by key (keyset pagination, ``FOR UPDATE``); a data key
+  wrapped by the old master key is unwrapped and wrapped again by the new one; a
+  value under a data key is left alone, any other one is opened and sealed
+  under its organization's data key (made, wrapped by the new master key, if the
+  organization has none); the batch writes back with one ``UPDATE ... FROM unnest``;
 * each value is replaced atomically with its row, so at every instant it is
   readable by one of the two keys, whatever kills the process; running the
   rotation again skips what is done and finishes the rest;
-* a value readable by neither key stops the rotation with :class:`RotationError`
-  naming the row, and is never overwritten.
+* a data key or value readable by neither key stops the rotation with
+  :class:`RotationError` naming the row, and is never overwritten.
 
-Without an old key, a run moves values of the previous format that open with the
-(only) key into ``ag1``. While a rotation runs, the application must run with both
+Without an old key, a run moves values of the previous format (or under the one
+master key directly) to the data keys. While a rotation runs, the application must run with both
 keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old): it
 then decrypts with either and encrypts with the new one.
 
 :func:`verify_rotation` checks, without changing anything, that every value is
-``ag1`` under the new key and none opens with the old one.
+under a data key wrapped by the new master key, and none opens with the old one.
+Per-organization data-key rotation is :mod:`agentapi_db.datakeys`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from agentapi_db.crypto.ring import KeyRing
 from agentapi_db.crypto.sealed import is_sealed, sealed_key_id
 from agentapi_db.errors import ConfigurationError, DecryptionError, InvalidInput
 from agentapi_db.keys import EncryptionKey
+from agentapi_db.ops._secrets import Sealer, drive, open_values, org_sealer
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
@@ -65,7 +69,7 @@ SELECT (SELECT count(bearer_token) FROM public.mcp_configurations)
 """
 
 _SQL_LOCK_CONFIGS: Final[LiteralString] = """
-SELECT c.id, c.bearer_token
+SELECT c.id, c.organization_id, c.bearer_token
   FROM public.mcp_configurations AS c
  WHERE c.bearer_token IS NOT NULL
    AND (%(after)s::uuid IS NULL OR c.id > %(after)s::uuid)
@@ -82,7 +86,7 @@ UPDATE public.mcp_configurations AS c
 """
 
 _SQL_LOCK_TOKENS: Final[LiteralString] = """
-SELECT t.id, t.access_token, t.refresh_token
+SELECT t.id, t.organization_id, t.access_token, t.refresh_token
   FROM public.mcp_oauth_tokens AS t
  WHERE (%(after)s::uuid IS NULL OR t.id > %(after)s::uuid)
  ORDER BY t.id
@@ -96,6 +100,26 @@ UPDATE public.mcp_oauth_tokens AS t
   FROM unnest(%(ids)s::uuid[], %(col0)s::text[], %(col1)s::text[])
        AS v (id, access_token, refresh_token)
  WHERE t.id = v.id
+"""
+
+_SQL_LOCK_DATA_KEYS: Final[LiteralString] = """
+SELECT k.key_id, k.wrapped_key
+  FROM public.organization_data_keys AS k
+ WHERE (%(after)s::text IS NULL OR k.key_id > %(after)s::text)
+ ORDER BY k.key_id
+ LIMIT %(limit)s
+   FOR UPDATE
+"""
+
+_SQL_WRITE_DATA_KEYS: Final[LiteralString] = """
+UPDATE public.organization_data_keys AS k
+   SET wrapped_key = v.wrapped_key
+  FROM unnest(%(ids)s::text[], %(col0)s::text[]) AS v (key_id, wrapped_key)
+ WHERE k.key_id = v.key_id
+"""
+
+_SQL_ALL_DATA_KEYS: Final[LiteralString] = """
+SELECT key_id, wrapped_key FROM public.organization_data_keys ORDER BY key_id
 """
 
 # --verify reads every value (ciphertexts only) in id order.
@@ -126,7 +150,7 @@ class RotationError(InvalidInput):
 
     # (the batch holding it is rolled back; batches before it are committed)
 
-    def __init__(self, table: str, column: str, row_id: UUID | None) -> None:
+    def __init__(self, table: str, column: str, row_id: UUID | str | None) -> None:
         where = f"{table}.{column} of row {row_id}" if row_id else f"a value of {table}"
         super().__init__(
             f"{where} decrypts with neither the new nor the old key; rotation stopped "
@@ -145,6 +169,8 @@ class RotationResult:
     values_seen: int = 0
     values_reencrypted: int = 0
     batches: int = 0
+    data_keys_seen: int = 0
+    data_keys_rewrapped: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +185,8 @@ class ColumnCheck:
     sample: tuple[UUID, ...]
     legacy: int = 0
     """Values still in the previous (pgcrypto OpenPGP) format, opening with the new key."""
+    direct: int = 0
+    """Values in ``ag1`` directly under the new master key (not yet under a data key)."""
 
 
 @dataclass
@@ -168,10 +196,16 @@ class VerifyReport:
 
     columns: list[ColumnCheck] = field(default_factory=list)
     checked_old_key: bool = True
+    data_keys: int = 0
+    data_keys_ok: int = 0
+    """Data keys wrapped by the new master key."""
+    data_keys_old: int = 0
+    """Data keys still wrapped by the old master key."""
 
     @property
     def ok(self) -> bool:
-        return all(c.ok == c.total for c in self.columns)
+        return (all(c.ok == c.total for c in self.columns)
+                and self.data_keys_ok == self.data_keys)
 
     @property
     def total(self) -> int:
@@ -192,14 +226,55 @@ def count_encrypted_values(conn: Conn) -> int:
     return int(row[0]) if row is not None else 0
 
 
-def _rewrap(ring: KeyRing, table: str, column: str, row_id: UUID, value: str) -> str:
-    """``value`` as ``ag1`` under the ring's primary key (itself if it already is)."""
-    if ring.is_current(value):
-        return value
+def _rewrap_data_keys(
+    conn: Conn, ring: KeyRing, batch_size: int, result: RotationResult,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    after: str | None = None
+    while True:
+        with service_transaction(conn):
+            rows = conn.execute(_SQL_LOCK_DATA_KEYS,
+                                {"after": after, "limit": batch_size}).fetchall()
+            if not rows:
+                return
+            fresh: list[str] = []
+            for key_id, wrapped in rows:
+                if sealed_key_id(wrapped) == ring.primary_kid:
+                    fresh.append(wrapped)
+                    continue
+                try:
+                    fresh.append(ring.seal(ring.unwrap(wrapped).hex()))
+                except DecryptionError:
+                    raise RotationError("organization_data_keys", "wrapped_key",
+                                        key_id) from None
+            changed = sum(a != b for a, b in zip(fresh, (r[1] for r in rows), strict=True))
+            if changed:
+                conn.execute(_SQL_WRITE_DATA_KEYS, {"ids": [r[0] for r in rows], "col0": fresh})
+        after = rows[-1][0]
+        result.batches += 1
+        result.data_keys_seen += len(rows)
+        result.data_keys_rewrapped += changed
+        if on_batch is not None:
+            on_batch(0)
+
+
+def _move_value(
+    conn: Conn, ring: KeyRing, sealers: dict[UUID, Sealer], where: tuple[str, str, UUID],
+    org: UUID, value: str,
+) -> str:
+    """``value`` unchanged if it is under a data key (checked: it must open), else sealed
+    under its organization's data key."""
     try:
-        return ring.seal(ring.open(value))
+        if is_sealed(value) and not ring.is_master_key_id(sealed_key_id(value)):
+            drive(conn, open_values(ring, [value]))
+            return value
+        plain = ring.open(value)
     except DecryptionError:
-        raise RotationError(table, column, row_id) from None
+        raise RotationError(*where) from None
+    sealer = sealers.get(org)
+    if sealer is None:
+        sealer = sealers[org] = drive(conn, org_sealer(ring, organization_id=org))
+    return sealer.seal(plain)
 
 
 def rotate_keys(
@@ -210,7 +285,8 @@ def rotate_keys(
     batch_size: int = 500,
     on_batch: Callable[[int], None] | None = None,
 ) -> RotationResult:
-    """Re-encrypt every value into ``ag1`` under ``new_key``; see the module docstring.
+    """Re-wrap every data key by ``new_key`` and move every other value to a data key;
+    see the module docstring.
 
     ``conn`` must be in autocommit mode (each batch is its own transaction).
     ``on_batch(values_seen)`` is called after each committed batch.
@@ -220,9 +296,11 @@ def rotate_keys(
     _check_keys(new_key, old_key)
     ring = KeyRing(new_key, () if old_key is None else (old_key,))
     result = RotationResult()
+    _rewrap_data_keys(conn, ring, batch_size, result, on_batch)
     for table, columns, lock_sql, write_sql in _BATCHES:
         after: UUID | None = None
         while True:
+            sealers: dict[UUID, Sealer] = {}
             with service_transaction(conn):
                 rows = conn.execute(lock_sql, {"after": after, "limit": batch_size}).fetchall()
                 if not rows:
@@ -231,11 +309,12 @@ def rotate_keys(
                 new_values: list[list[str | None]] = [[] for _ in columns]
                 for row in rows:
                     for i, column in enumerate(columns):
-                        value = row[1 + i]
+                        value = row[2 + i]
                         if value is None:
                             new_values[i].append(None)
                             continue
-                        fresh = _rewrap(ring, table, column, row[0], value)
+                        fresh = _move_value(conn, ring, sealers, (table, column, row[0]),
+                                            row[1], value)
                         seen += 1
                         changed += fresh != value
                         new_values[i].append(fresh)
@@ -252,54 +331,71 @@ def rotate_keys(
     return result
 
 
-def _classify(
-    new: KeyRing, old: KeyRing | None, value: str
-) -> str:
-    """``ok`` (ag1 under the new key), ``old_key``, ``legacy`` (old format, new key) or
-    ``unreadable``."""
-    if is_sealed(value):
-        try:
-            kid = sealed_key_id(value)
-        except DecryptionError:
-            return "unreadable"
-        ring = new if kid == new.primary_kid else old
-        kind = "ok" if ring is new else "old_key"
-    else:
-        ring, kind = new, "legacy"
-    for candidate, label in ((ring, kind), (old, "old_key")):
-        if candidate is None:
+def _classify(new: KeyRing, old: KeyRing | None, value: str) -> str:
+    """``ok`` (under a data key the new master key unwraps), ``old_key`` (opens only
+    with the old master key), ``direct`` (ag1 directly under the new master key),
+    ``legacy`` (previous format, new key) or ``unreadable``."""
+    kid = sealed_key_id(value) if is_sealed(value) else None
+    for ring, label in ((new, "ok"), (old, "old_key")):
+        if ring is None:
             continue
         try:
-            candidate.open(value)
-            return label
+            ring.open(value)
         except DecryptionError:
             continue
+        if label == "ok" and kid is None:
+            return "legacy"
+        if label == "ok" and ring.is_master_key_id(kid or ""):
+            return "direct"
+        return label
     return "unreadable"
+
+
+def _load_data_keys(
+    conn: Conn, new: KeyRing, old: KeyRing | None, report: VerifyReport
+) -> None:
+    for key_id, wrapped in conn.execute(_SQL_ALL_DATA_KEYS):
+        report.data_keys += 1
+        for ring, label in ((new, "ok"), (old, "old")):
+            if ring is None:
+                continue
+            try:
+                ring.learn(key_id, wrapped)
+            except DecryptionError:
+                continue
+            if label == "ok":
+                report.data_keys_ok += 1
+            else:
+                report.data_keys_old += 1
+            break
 
 
 def verify_rotation(
     conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None
 ) -> VerifyReport:
-    """Check every value is ``ag1`` under ``new_key`` and none opens with ``old_key``;
-    changes nothing. Values are read as ciphertexts and checked in this process."""
+    """Check every data key is wrapped by ``new_key`` and every value is under a data
+    key, none opening with ``old_key``; changes nothing. Everything is read as
+    ciphertext and checked in this process."""
     _check_keys(new_key, old_key)
     new = KeyRing(new_key)
     old = None if old_key is None else KeyRing(old_key)
     counts: dict[str, dict[str, int]] = {c: {} for c in ENCRYPTED_COLUMNS}
     samples: dict[str, list[UUID]] = {c: [] for c in ENCRYPTED_COLUMNS}
+    report = VerifyReport(checked_old_key=old_key is not None)
     with service_transaction(conn):
         conn.execute(_SQL_READ_ONLY)
+        _load_data_keys(conn, new, old, report)
         for column, row_id, value in conn.execute(_SQL_ALL_VALUES):
             kind = _classify(new, old, value)
             bucket = counts[column]
             bucket[kind] = bucket.get(kind, 0) + 1
             if kind != "ok" and len(samples[column]) < 5:
                 samples[column].append(row_id)
-    report = VerifyReport(checked_old_key=old_key is not None)
     for column in ENCRYPTED_COLUMNS:
         c = counts[column]
         report.columns.append(ColumnCheck(
             column, sum(c.values()), c.get("ok", 0), c.get("old_key", 0),
             c.get("unreadable", 0), tuple(samples[column]), c.get("legacy", 0),
+            c.get("direct", 0),
         ))
     return report

@@ -119,6 +119,8 @@ def rotate_key_command(
             {
                 "values": result.values_seen,
                 "reencrypted": result.values_reencrypted,
+                "data_keys": result.data_keys_seen,
+                "data_keys_rewrapped": result.data_keys_rewrapped,
                 "batches": result.batches,
                 "new_key": new_key.fingerprint,
                 "old_key": None if old_key is None else old_key.fingerprint,
@@ -126,7 +128,11 @@ def rotate_key_command(
         )
         return
     console.print(
-        f"[green]✓[/] {result.values_seen} encrypted values now in format ag1 under key "
+        f"[green]✓[/] {result.data_keys_seen} data keys wrapped by master key "
+        f"{new_key.fingerprint} ({result.data_keys_rewrapped} re-wrapped)"
+    )
+    console.print(
+        f"[green]✓[/] {result.values_seen} encrypted values now under data keys, master key "
         f"{new_key.fingerprint} ({result.values_reencrypted} re-encrypted from "
         f"{'the previous format' if old_key is None else old_key.fingerprint}, "
         f"{result.batches} batches)"
@@ -139,6 +145,9 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             {
                 "ok": report.ok,
                 "checked_old_key": report.checked_old_key,
+                "data_keys": report.data_keys,
+                "data_keys_ok": report.data_keys_ok,
+                "data_keys_old_key": report.data_keys_old,
                 "columns": [
                     {
                         "column": c.column,
@@ -147,6 +156,7 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
                         "old_key": c.old_key,
                         "unreadable": c.unreadable,
                         "legacy_format": c.legacy,
+                        "direct_master_key": c.direct,
                         "sample_ids": [str(i) for i in c.sample],
                     }
                     for c in report.columns
@@ -154,13 +164,20 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             }
         )
         return
+    mark = "[green]✓[/]" if report.data_keys_ok == report.data_keys else "[red]✗[/]"
+    console.print(
+        f"{mark} organization data keys: {report.data_keys_ok}/{report.data_keys} wrapped by "
+        f"the new master key, {report.data_keys_old} by the old one"
+    )
     for c in report.columns:
         mark = "[green]✓[/]" if c.ok == c.total else "[red]✗[/]"
-        line = f"{mark} {escape(c.column)}: {c.ok}/{c.total} under the new key only"
+        line = f"{mark} {escape(c.column)}: {c.ok}/{c.total} under data keys of the new key only"
         if c.old_key:
             line += f", {c.old_key} still open with the old key"
         if c.legacy:
             line += f", {c.legacy} still in the previous (OpenPGP) format"
+        if c.direct:
+            line += f", {c.direct} directly under the master key"
         if c.unreadable:
             line += f", {c.unreadable} open with neither key"
         if c.sample:

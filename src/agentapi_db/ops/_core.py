@@ -66,7 +66,6 @@ __all__ = [
     "exec_",
     "missing_or_denied",
     "one",
-    "open_fields",
     "paginate",
     "read_key_params",
     "reveal",
@@ -244,14 +243,6 @@ def read_key_params(ctx: OpContext, decrypt: bool) -> dict[str, object]:
     if decrypt:
         ctx.require_key()
     return {"decrypt": decrypt}
-
-
-def open_fields(ctx: OpContext, row: Row, *fields: str) -> Row:
-    """``row`` with the ciphertexts in ``fields`` replaced by their plaintexts (in place)."""
-    ring = ctx.ring()
-    for name in fields:
-        row[name] = ring.open_optional(row.get(name))
-    return row
 
 
 def reveal(secret: str | SecretStr | None) -> str | None:

@@ -39,10 +39,10 @@ from agentapi_db.ops._core import (
     all_rows,
     missing_or_denied,
     one,
-    open_fields,
     read_key_params,
     reveal,
 )
+from agentapi_db.ops._secrets import Sealer, open_rows, org_sealer
 
 __all__ = ["create", "delete", "get", "get_secret", "list_configs", "list_effective", "update"]
 
@@ -57,7 +57,9 @@ def _spec(fields: dict[str, Any]) -> McpConfigSpec:
         raise invalid_input_from(exc) from None
 
 
-def _write_params(ctx: OpContext, spec: McpConfigSpec, token: str | None) -> dict[str, object]:
+def _write_params(
+    spec: McpConfigSpec, token: str | None, sealer: Sealer | None
+) -> dict[str, object]:
     return {
         "name": spec.name,
         "type": spec.type,
@@ -66,7 +68,7 @@ def _write_params(ctx: OpContext, spec: McpConfigSpec, token: str | None) -> dic
         "args": Jsonb(list(spec.args)),
         "env": Jsonb(dict(spec.env)),
         "auth_type": spec.auth_type,
-        "bearer_token": ctx.ring().seal(token) if token is not None else None,
+        "bearer_token": sealer.seal(token) if sealer is not None and token is not None else None,
         "oauth_provider": spec.oauth_provider,
         "enabled": spec.enabled,
     }
@@ -112,7 +114,15 @@ def create(
         owner = ctx.acting_user(user_id, "mcp.create")
     else:
         raise InvalidInput("scope must be 'user' or 'organization'", rule="scope")
-    params = _write_params(ctx, spec, reveal(spec.bearer_token))
+    token = reveal(spec.bearer_token)
+    sealer = None
+    if token is not None:
+        # The organization's data key encrypts the token, so the row's organization
+        # is resolved first (given, else the owner's, else the acting user's).
+        sealer = yield from org_sealer(ctx.ring(), organization_id=organization_id,
+                                       user_id=owner)
+        organization_id = sealer.organization_id
+    params = _write_params(spec, token, sealer)
     params.update({"organization_id": organization_id, "user_id": owner})
     row = yield from one("mcp.create", Q.MCP_INSERT, params, writes=True, sensitive=True)
     return McpConfiguration.model_validate(row)
@@ -175,7 +185,10 @@ def update(
     else:
         merged["bearer_token"] = None
     spec = _spec(merged)
-    params = _write_params(ctx, spec, token if action == "set" else None)
+    sealer = None
+    if action == "set":
+        sealer = yield from org_sealer(ctx.ring(), organization_id=current["organization_id"])
+    params = _write_params(spec, token if action == "set" else None, sealer)
     params.update({"id": config_id, "token_action": action})
     row = yield from one("mcp.update", Q.MCP_UPDATE, params, writes=True, sensitive=True)
     if row is None:  # pragma: no cover - the row is locked, so it cannot vanish
@@ -192,7 +205,7 @@ def get(
     if row is None:
         raise NotFound("MCP configuration not found")
     if decrypt:
-        open_fields(ctx, row, "bearer_token")
+        yield from open_rows(ctx.ring(), [row], "bearer_token")
     return McpConfiguration.model_validate(row)
 
 
@@ -224,7 +237,7 @@ def list_effective(
     rows = yield from all_rows("mcp.list_effective", Q.MCP_LIST_EFFECTIVE, params,
                                sensitive=decrypt)
     if decrypt:
-        rows = [open_fields(ctx, r, "bearer_token") for r in rows]
+        rows = yield from open_rows(ctx.ring(), rows, "bearer_token")
     return [EffectiveMcpConfiguration.model_validate(r) for r in rows]
 
 

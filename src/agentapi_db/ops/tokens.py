@@ -24,10 +24,10 @@ from agentapi_db.ops._core import (
     Query,
     all_rows,
     one,
-    open_fields,
     read_key_params,
     reveal,
 )
+from agentapi_db.ops._secrets import open_rows, org_sealer
 
 __all__ = ["delete", "get", "list_tokens", "store"]
 
@@ -55,13 +55,14 @@ def store(
         raise InvalidInput("access_token must not be empty", rule="access_token")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidInput("expires_at must be timezone-aware", rule="expires_at")
-    ring = ctx.ring()
+    # The token belongs to the user's organization: its data key encrypts it.
+    sealer = yield from org_sealer(ctx.ring(), user_id=uid)
     params = {
         "user_id": uid,
         "mcp_configuration_id": mcp_configuration_id,
         "oauth_provider": oauth_provider,
-        "access_token": ring.seal(access),
-        "refresh_token": ring.seal_optional(reveal(refresh_token) or None),
+        "access_token": sealer.seal(access),
+        "refresh_token": sealer.seal_optional(reveal(refresh_token) or None),
         "token_type": token_type,
         "scope": scope,
         "expires_at": expires_at,
@@ -93,7 +94,7 @@ def get(
     if row is None:
         raise NotFound("OAuth token not found")
     if decrypt:
-        open_fields(ctx, row, "access_token", "refresh_token")
+        yield from open_rows(ctx.ring(), [row], "access_token", "refresh_token")
     return OAuthToken.model_validate(row)
 
 
