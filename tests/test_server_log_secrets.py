@@ -6,7 +6,8 @@ A throwaway cluster of its own runs with ``log_statement = all``,
 logged at any length (also on error), and ``auto_explain`` preloaded with
 ``log_analyze``, ``log_verbose`` and ``log_nested_statements`` at 0 ms. Every library
 path that touches a secret runs against it (store, read, update, a failing write,
-OAuth tokens, refresh claim / store / failure, key rotation and its verification);
+OAuth tokens, refresh claim / store / failure, master-key rotation and its
+verification, one organization's data-key rotation, crypto-shredding);
 then the server log is searched for every key and every token, as plain text, hex
 and base64. The log must also show that the statements, their parameters and
 their plans were logged, so the search cannot pass vacuously.
@@ -26,6 +27,8 @@ import pytest
 
 from agentapi_db import Database, opsdb
 from agentapi_db.cluster import LocalCluster
+from agentapi_db.crypto.ring import KeyRing
+from agentapi_db.datakeys import delete_organization, rotate_org_data_key
 from agentapi_db.errors import AgentApiDbError
 from agentapi_db.keys import EncryptionKey
 from agentapi_db.refresh import claim_expiring, record_failure, store_refreshed
@@ -137,6 +140,13 @@ def _run_every_secret_path(url_of: dict[str, str], old: EncryptionKey, new: Encr
                 assert got is not None and got.get_secret_value() == tokens["bearer2"]
         finally:
             rotated.close()
+        with opsdb.connect(url_of[SERVICE_LOGIN]) as conn:  # one org's data key; shredding
+            ring = KeyRing(new, (old,))
+            assert rotate_org_data_key(conn, ring, "org-a").values_reencrypted == 3
+            with app.as_user(t.carol) as tx:
+                tx.mcp.create(name="b", type="http", endpoint="https://b.example",
+                              auth_type="bearer", bearer_token=tokens["shredded"])
+            assert delete_organization(conn, "org-b").data_key_ids
     finally:
         app.close()
         svc.close()
@@ -148,7 +158,7 @@ def test_no_key_or_token_in_the_server_log(logging_server: tuple[LocalCluster, s
     old, new = EncryptionKey.generate(), EncryptionKey.generate()
     tokens = {name: f"tok_{name}_{secrets.token_urlsafe(24)}"
               for name in ("bearer", "bearer2", "failed", "access", "refresh", "access2",
-                           "refresh2")}
+                           "refresh2", "shredded")}
     start = cluster.log_file.stat().st_size
     _run_every_secret_path({login: server.url(dbname, login) for login in
                             (APP_LOGIN, SERVICE_LOGIN)}, old, new, tokens)
