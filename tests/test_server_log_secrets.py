@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agentapi_db import Database, opsdb
@@ -33,6 +34,7 @@ from agentapi_db.errors import AgentApiDbError
 from agentapi_db.keys import EncryptionKey
 from agentapi_db.refresh import claim_expiring, record_failure, store_refreshed
 from agentapi_db.rotation import rotate_keys, verify_rotation
+from agentapi_db.verify_secrets import check_secret_logging
 from tests.lib_support import provision_tenants
 from tests.pg import (
     APP_LOGIN,
@@ -51,7 +53,7 @@ LOG_EVERYTHING = {
     "log_parameter_max_length": "-1",
     "log_parameter_max_length_on_error": "-1",
     "log_error_verbosity": "'verbose'",
-    "shared_preload_libraries": "'auto_explain'",
+    "shared_preload_libraries": "'auto_explain,pg_stat_statements'",
     "auto_explain.log_min_duration": "0",
     "auto_explain.log_analyze": "on",
     "auto_explain.log_verbose": "on",
@@ -76,6 +78,8 @@ def logging_server() -> Iterator[tuple[LocalCluster, str]]:
         server = PgServer(superuser_url=cluster.url(), cluster=cluster)
         create_database(server, "logtest")
         run_psql_file(server.url("logtest"), SCHEMA_SQL)
+        with psycopg.connect(server.url("logtest"), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
         ensure_login_roles(server)
         yield cluster, "logtest"
     finally:
@@ -187,3 +191,23 @@ def test_the_search_finds_a_key_sent_the_old_way(logging_server: tuple[LocalClus
         conn.execute("SELECT public.encrypt_token(%s, %s)", ("tok_control_value", key.reveal()))
     log = cluster.log_file.read_bytes()[start:].decode(errors="replace")
     assert key.reveal() in log and "tok_control_value" in log
+
+
+def test_verify_warns_about_this_server_and_a_literal_key(
+    logging_server: tuple[LocalCluster, str],
+) -> None:
+    cluster, dbname = logging_server
+    url = PgServer(superuser_url=cluster.url(), cluster=cluster).url(dbname)
+    with psycopg.connect(url, autocommit=True) as conn:
+        _, before = check_secret_logging(conn)
+        assert not any(w.startswith("pg_stat_statements") and "literal key" in w for w in before)
+        # What an operator should not do: a literal key in a DO block (not normalized).
+        literal = EncryptionKey.generate().reveal()
+        conn.execute(f"DO $$ BEGIN PERFORM public.encrypt_token('t', '{literal}'); END $$"
+                     .encode())
+        _, warnings = check_secret_logging(conn)
+    assert any(w.startswith("log_statement = all") for w in warnings)
+    assert any(w.startswith("auto_explain with log_verbose") for w in warnings)
+    assert any(w.startswith("pg_stat_statements: 1 statement(s)") and "literal key" in w
+               for w in warnings)
+    assert all(literal not in w for w in warnings)
