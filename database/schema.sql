@@ -1165,39 +1165,139 @@ COMMENT ON POLICY audit_logs_insert_self ON public.audit_logs IS 'The applicatio
 -- 8. Functions
 -- -----------------------------------------------------------------------------
 
--- Token encryption. OpenPGP symmetric encryption (AES-256, with integrity
--- check) from pgcrypto. The key is a 256-bit random secret, not a passphrase,
--- so the S2K uses a salted single hash (s2k-mode=1) instead of the default
--- iterated one: iteration only slows brute force of weak passphrases, and
--- costs ~30x per call (see docs/schema.md). The random salt and session key
--- make two encryptions of one token differ. The minimum key length below is a
--- last line of defence; the library enforces the full 256-bit key format.
+-- Token encryption, format ag1 (docs/encryption.md). The LIBRARY ENCRYPTS AND
+-- DECRYPTS IN THE APPLICATION PROCESS (agentapi_db.crypto) and never calls these
+-- functions: they are for operators in psql, and read and write exactly what the
+-- library does. Calling them sends the key to the server, where statement
+-- logging, auto_explain or pg_stat_statements may record it: bind it, never
+-- write it as a literal (`verify` warns when it sees one).
+--
+--   ag1:<kid>:<base64(iv || AES-256-CBC(enc_key, iv, token) || tag)>
+--   kid     = first 8 bytes of HMAC-SHA256(key, 'agentapi-db/ag1/kid'), in hex
+--   enc_key = HMAC-SHA256(key, 'agentapi-db/ag1/enc')
+--   mac_key = HMAC-SHA256(key, 'agentapi-db/ag1/mac')
+--   tag     = HMAC-SHA256(mac_key, 'ag1:<kid>:' || iv || ciphertext)
+--
+-- The key is the 256-bit secret itself (64 hex digits, or base64/base64url of
+-- >= 32 bytes), as AGENTAPI_ENCRYPTION_KEY holds it. decrypt_token still reads
+-- the previous format (OpenPGP from pgp_sym_encrypt with the key's 64-hex text
+-- form as passphrase); rotate-key rewrites such values. A wrong key or corrupt
+-- data raises 39000 "Wrong key or corrupt data", never a silent NULL.
+
+-- The bytes of a key given as text: 64 hex digits, or base64/base64url (padded
+-- or not) of at least 32 bytes, like AGENTAPI_ENCRYPTION_KEY. Raises 22023 for
+-- anything shorter; the message never contains the key.
+CREATE FUNCTION public.token_key_bytes(key text)
+RETURNS bytea
+LANGUAGE plpgsql
+IMMUTABLE
+PARALLEL SAFE
+AS $$
+DECLARE
+    k bytea;
+BEGIN
+    IF key IS NULL OR length(key) < 32 THEN
+        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF key ~ '^[0-9A-Fa-f]{64}$' THEN
+        k := decode(key, 'hex');
+    ELSE
+        k := decode(rpad(translate(key, '-_=', '+/'), (length(rtrim(key, '=')) + 3) / 4 * 4, '='),
+                    'base64');
+    END IF;
+    IF length(k) < 32 THEN
+        RAISE EXCEPTION 'encryption key must carry at least 256 bits'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN k;
+END
+$$;
+
+COMMENT ON FUNCTION public.token_key_bytes(text) IS
+    'The bytes of an encryption key written as 64 hex digits or base64/base64url of >= 32 bytes; raises invalid_parameter_value otherwise. Used by encrypt_token and decrypt_token.';
+
 CREATE FUNCTION public.encrypt_token(token text, key text)
 RETURNS text
 LANGUAGE plpgsql
 VOLATILE
 PARALLEL SAFE
 AS $$
+DECLARE
+    k bytea;
+    kid text;
+    iv bytea;
+    body bytea;
 BEGIN
     IF token IS NULL THEN
         RETURN NULL;
     END IF;
-    IF key IS NULL OR length(key) < 32 THEN
-        RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    RETURN encode(
-        extensions.pgp_sym_encrypt(token, key, 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'),
-        'base64');
+    k := public.token_key_bytes(key);
+    kid := encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex');
+    iv := extensions.gen_random_bytes(16);
+    body := iv || extensions.encrypt_iv(convert_to(token, 'UTF8'),
+                                        extensions.hmac('agentapi-db/ag1/enc'::bytea, k, 'sha256'),
+                                        iv, 'aes-cbc/pad:pkcs');
+    RETURN 'ag1:' || kid || ':' || translate(encode(
+        body || extensions.hmac(convert_to('ag1:' || kid || ':', 'UTF8') || body,
+                                extensions.hmac('agentapi-db/ag1/mac'::bytea, k, 'sha256'),
+                                'sha256'),
+        'base64'), E'\n', '');
 END
 $$;
 
-CREATE FUNCTION public.decrypt_token(encrypted_token text, key text)
+-- Opens an ag1 ciphertext with the key bytes k; raises 39000 if the ciphertext
+-- names another key id or fails its tag. Follows no data key (decrypt_token does).
+CREATE FUNCTION public.token_open(encrypted_token text, k bytea)
 RETURNS text
 LANGUAGE plpgsql
 IMMUTABLE
 PARALLEL SAFE
 AS $$
+DECLARE
+    raw bytea;
+    body bytea;
+BEGIN
+    IF substr(encrypted_token, 5, 17) IS DISTINCT FROM
+       encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex') || ':' THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data'
+            USING ERRCODE = 'external_routine_invocation_exception',
+                  DETAIL = 'the ciphertext names another key id';
+    END IF;
+    raw := decode(substr(encrypted_token, 22), 'base64');
+    IF length(raw) < 64 OR (length(raw) - 48) % 16 <> 0 THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data' USING ERRCODE = 'external_routine_invocation_exception';
+    END IF;
+    body := substr(raw, 1, length(raw) - 32);
+    -- Not a constant-time comparison: acceptable for an operator's session, where
+    -- the caller already holds the key; the library compares in constant time.
+    IF extensions.hmac(convert_to(left(encrypted_token, 21), 'UTF8') || body,
+                       extensions.hmac('agentapi-db/ag1/mac'::bytea, k, 'sha256'), 'sha256')
+       <> substr(raw, length(raw) - 31) THEN
+        RAISE EXCEPTION 'Wrong key or corrupt data' USING ERRCODE = 'external_routine_invocation_exception';
+    END IF;
+    RETURN convert_from(extensions.decrypt_iv(substr(body, 17),
+                                              extensions.hmac('agentapi-db/ag1/enc'::bytea, k, 'sha256'),
+                                              substr(body, 1, 16), 'aes-cbc/pad:pkcs'), 'UTF8');
+END
+$$;
+
+COMMENT ON FUNCTION public.token_open(text, bytea) IS
+    'Opens an ag1 ciphertext with the given key bytes (no data-key look-up); raises 39000 on another key id or a failed tag. The inner step of decrypt_token.';
+
+-- key is the key the value was encrypted with, or the master key that wraps
+-- the organization data key it was encrypted with: then the data key is looked
+-- up (under the caller's RLS) by the key id in the ciphertext, unwrapped with
+-- key, and used. One level only: a wrapped key must be under key itself.
+CREATE FUNCTION public.decrypt_token(encrypted_token text, key text)
+RETURNS text
+LANGUAGE plpgsql
+STABLE
+PARALLEL SAFE
+AS $$
+DECLARE
+    k bytea;
+    wrapped text;
 BEGIN
     IF encrypted_token IS NULL THEN
         RETURN NULL;
@@ -1206,16 +1306,28 @@ BEGIN
         RAISE EXCEPTION 'encryption key must be at least 32 characters (use a 256-bit random key)'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- A wrong key or corrupt data raises "Wrong key or corrupt data" (39000);
-    -- malformed base64 raises 22023. Neither ever yields a silent NULL.
-    RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+    IF left(encrypted_token, 4) <> 'ag1:' THEN
+        -- The previous format. Malformed base64 raises 22023, a wrong key 39000.
+        RETURN extensions.pgp_sym_decrypt(decode(encrypted_token, 'base64'), key);
+    END IF;
+    k := public.token_key_bytes(key);
+    IF substr(encrypted_token, 5, 16) IS DISTINCT FROM
+       encode(substr(extensions.hmac('agentapi-db/ag1/kid'::bytea, k, 'sha256'), 1, 8), 'hex') THEN
+        SELECT d.wrapped_key INTO wrapped
+          FROM public.organization_data_keys AS d
+         WHERE d.key_id = substr(encrypted_token, 5, 16);
+        IF FOUND THEN
+            k := decode(public.token_open(wrapped, k), 'hex');
+        END IF;
+    END IF;
+    RETURN public.token_open(encrypted_token, k);
 END
 $$;
 
 COMMENT ON FUNCTION public.encrypt_token(text, text) IS
-    'Encrypts a token with pgcrypto (OpenPGP, AES-256, salted S2K); base64 text out. NULL in, NULL out. Two calls give different ciphertexts. Pass the key as a bind parameter.';
+    'For operators in psql: encrypts a token in the library''s ag1 format (AES-256-CBC + HMAC-SHA256, key id in the text). NULL in, NULL out. Two calls give different ciphertexts. Sends the key to the server: bind it, never a literal. The library never calls it.';
 COMMENT ON FUNCTION public.decrypt_token(text, text) IS
-    'Inverse of encrypt_token. NULL in, NULL out. A wrong key or corrupt input raises an error; it never returns a silent NULL.';
+    'Inverse of encrypt_token, and reader of the previous OpenPGP format; given the master key, it also opens values encrypted with an organization data key (looked up under the caller''s RLS). NULL in, NULL out. A wrong key or corrupt input raises 39000; it never returns a silent NULL. The library never calls it.';
 
 -- During a key rotation a ciphertext may still be under the old key: try `key`,
 -- and on "Wrong key or corrupt data" (39000) `old_key`. The library calls it only
@@ -1566,6 +1678,8 @@ GRANT EXECUTE ON FUNCTION
     agentapi_auth.organization_id(),
     agentapi_auth.admin_organization_id(),
     agentapi_auth.user_email(),
+    public.token_key_bytes(text),
+    public.token_open(text, bytea),
     public.encrypt_token(text, text),
     public.decrypt_token(text, text),
     public.log_audit_event(uuid, uuid, text, text, text, jsonb, inet, text, boolean, text),
@@ -1641,8 +1755,11 @@ BEGIN
     IF encrypted_token IS NULL THEN
         RETURN NULL;
     END IF;
-    IF public.token_decrypts_with(encrypted_token, new_key) THEN
+    IF left(encrypted_token, 4) = 'ag1:' AND public.token_decrypts_with(encrypted_token, new_key) THEN
         RETURN encrypted_token;
+    END IF;
+    IF public.token_decrypts_with(encrypted_token, new_key) THEN
+        RETURN public.encrypt_token(public.decrypt_token(encrypted_token, new_key), new_key);
     END IF;
     IF public.token_decrypts_with(encrypted_token, old_key) THEN
         RETURN public.encrypt_token(public.decrypt_token(encrypted_token, old_key), new_key);
@@ -1655,7 +1772,7 @@ $$;
 COMMENT ON FUNCTION public.token_decrypts_with(text, text) IS
     'True if the ciphertext decrypts with the key, false on a wrong key or corrupt data; NULL in, NULL out. For key rotation checks (agentapi_service).';
 COMMENT ON FUNCTION public.reencrypt_token(text, text, text) IS
-    'Key rotation step: the ciphertext unchanged if it decrypts with new_key, else re-encrypted from old_key to new_key; raises data_corrupted if neither key opens it.';
+    'For operators in psql (rotate-key works in the application process): the ciphertext unchanged if it is ag1 under new_key, else re-encrypted into ag1 under new_key from whichever key opens it; raises data_corrupted if neither key opens it.';
 
 -- 12.2 Audit hash chain (tamper evidence, opt-in per organization) -------------
 --
@@ -2162,5 +2279,66 @@ GRANT EXECUTE ON FUNCTION
     public.audit_retention(integer),
     public.tune_tenant_statistics(text)
 TO agentapi_service;
+
+RESET ROLE;
+
+-- -----------------------------------------------------------------------------
+-- 13. Envelope encryption: per-organization data keys (docs/encryption.md)
+--
+-- Each organization's secrets are encrypted (format ag1, section 8) with its own
+-- 256-bit data key. A data key is stored only wrapped: its 64-hex text form
+-- encrypted in format ag1 under a master key, which lives in the application's
+-- environment (AGENTAPI_ENCRYPTION_KEY) and never reaches the database. All
+-- wrapping, unwrapping and encryption happens in the application process.
+-- Rotating the master key re-wraps these rows only; deleting an organization
+-- deletes its rows (crypto-shredding).
+-- -----------------------------------------------------------------------------
+
+SET ROLE agentapi_owner;
+
+CREATE TABLE public.organization_data_keys (
+    key_id           text        PRIMARY KEY,
+    organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
+    wrapped_key      text        NOT NULL,
+    is_primary       boolean     NOT NULL DEFAULT true,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT organization_data_keys_key_id_format CHECK (key_id ~ '^[0-9a-f]{16}$'),
+    CONSTRAINT organization_data_keys_wrapped_format CHECK (wrapped_key ~ '^ag1:[0-9a-f]{16}:[A-Za-z0-9+/=]+$')
+);
+-- One primary (encrypting) data key per organization; others only decrypt
+-- until a data-key rotation has moved every value off them.
+CREATE UNIQUE INDEX organization_data_keys_primary_key ON public.organization_data_keys (organization_id)
+    WHERE is_primary;
+CREATE INDEX organization_data_keys_organization_id_idx ON public.organization_data_keys (organization_id);
+
+ALTER TABLE public.organization_data_keys ENABLE ROW LEVEL SECURITY;
+ALTER TABLE public.organization_data_keys FORCE ROW LEVEL SECURITY;
+CREATE POLICY organization_data_keys_owner ON public.organization_data_keys TO agentapi_owner
+    USING (true) WITH CHECK (true);
+CREATE POLICY organization_data_keys_service ON public.organization_data_keys TO agentapi_service
+    USING (true) WITH CHECK (true);
+CREATE POLICY organization_data_keys_select ON public.organization_data_keys FOR SELECT TO agentapi_app
+    USING (organization_id = (SELECT agentapi_auth.organization_id()));
+CREATE POLICY organization_data_keys_insert ON public.organization_data_keys FOR INSERT TO agentapi_app
+    WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id()) AND is_primary);
+
+COMMENT ON TABLE public.organization_data_keys IS
+    'Per-organization data keys, stored only wrapped by a master key that never reaches the database. Deleting the organization deletes them (crypto-shredding).';
+COMMENT ON COLUMN public.organization_data_keys.key_id IS 'The ag1 key id of the data key: what every ciphertext made with it starts with (ag1:<key_id>:).';
+COMMENT ON COLUMN public.organization_data_keys.organization_id IS 'The organization whose secrets this key encrypts.';
+COMMENT ON COLUMN public.organization_data_keys.wrapped_key IS 'The data key (64 hex digits) encrypted in format ag1 under a master key; the master key''s id is its second field.';
+COMMENT ON COLUMN public.organization_data_keys.is_primary IS 'The key new secrets of the organization are encrypted with (one per organization); the others only decrypt during a data-key rotation.';
+COMMENT ON COLUMN public.organization_data_keys.created_at IS 'When the data key was made.';
+COMMENT ON INDEX public.organization_data_keys_primary_key IS 'At most one primary data key per organization; concurrent first writes race on it and one wins.';
+COMMENT ON INDEX public.organization_data_keys_organization_id_idx IS 'An organization''s data keys (rotation, shredding, and the cascade from organizations).';
+COMMENT ON CONSTRAINT organization_data_keys_key_id_format ON public.organization_data_keys IS 'A key id is 16 lowercase hex digits.';
+COMMENT ON CONSTRAINT organization_data_keys_wrapped_format ON public.organization_data_keys IS 'A wrapped key is an ag1 ciphertext.';
+COMMENT ON POLICY organization_data_keys_owner ON public.organization_data_keys IS 'The owner manages every data key.';
+COMMENT ON POLICY organization_data_keys_service ON public.organization_data_keys IS 'agentapi_service reads, makes, re-wraps and deletes every organization''s data keys (rotation, shredding).';
+COMMENT ON POLICY organization_data_keys_select ON public.organization_data_keys IS 'Members read the wrapped data keys of their own organization: useless without the master key, needed to open their secrets.';
+COMMENT ON POLICY organization_data_keys_insert ON public.organization_data_keys IS 'A member''s first secret write makes their organization''s primary data key if it has none (organizations created before data keys existed); members never change or delete one.';
+
+GRANT SELECT, INSERT ON public.organization_data_keys TO agentapi_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.organization_data_keys TO agentapi_service;
 
 RESET ROLE;

@@ -245,7 +245,8 @@ def test_encrypt_decrypt_round_trip(conn: Conn, token: str) -> None:
     with acting(conn, None):
         ciphertext = _scalar(conn, _ENCRYPT, (token, KEY))
         assert isinstance(ciphertext, str)
-        base64.b64decode(ciphertext.replace("\n", ""), validate=True)
+        assert ciphertext.startswith("ag1:") and ciphertext[20] == ":"
+        base64.b64decode(ciphertext[21:], validate=True)
         if len(token) >= 4:
             assert token not in ciphertext
         assert _scalar(conn, _DECRYPT, (ciphertext, KEY)) == token
@@ -275,18 +276,18 @@ def test_wrong_key_raises(conn: Conn) -> None:
 
 
 def _corruptions(ciphertext: str) -> dict[str, str]:
-    raw = base64.b64decode(ciphertext.replace("\n", ""))
+    head, raw = ciphertext[:21], base64.b64decode(ciphertext[21:])
     flipped = bytearray(raw)
     flipped[len(raw) // 2] ^= 0x01
     last = bytearray(raw)
     last[-1] ^= 0x80
     return {
-        "flipped_middle_byte": base64.b64encode(bytes(flipped)).decode(),
-        "flipped_last_byte": base64.b64encode(bytes(last)).decode(),
-        "truncated_half": base64.b64encode(raw[: len(raw) // 2]).decode(),
-        "truncated_one_byte": base64.b64encode(raw[:-1]).decode(),
-        "empty": "",
-        "garbage_bytes": base64.b64encode(b"\x00" * 40).decode(),
+        "flipped_middle_byte": head + base64.b64encode(bytes(flipped)).decode(),
+        "flipped_last_byte": head + base64.b64encode(bytes(last)).decode(),
+        "truncated_half": head + base64.b64encode(raw[: len(raw) // 2]).decode(),
+        "truncated_one_byte": head + base64.b64encode(raw[:-1]).decode(),
+        "empty": head,
+        "garbage_bytes": head + base64.b64encode(b"\x00" * 64).decode(),
     }
 
 
@@ -322,10 +323,18 @@ def test_short_or_missing_key_raises(conn: Conn, query: str, key: str | None) ->
         assert key not in str(error)
 
 
-def test_key_of_exactly_32_characters_works(conn: Conn) -> None:
-    key = "k" * 32
+def test_key_of_32_characters_but_under_256_bits_raises(conn: Conn) -> None:
+    # 32 base64 characters are 24 bytes: the ag1 format needs the full 256 bits.
     with acting(conn, None):
-        assert _scalar(conn, _DECRYPT, (_scalar(conn, _ENCRYPT, ("t", key)), key)) == "t"
+        error = _error(conn, _ENCRYPT, ("t", "k" * 32))
+    assert error.sqlstate == INVALID_PARAMETER
+    assert "256 bits" in str(error) and "k" * 32 not in str(error)
+
+
+def test_base64_key_of_32_bytes_works(conn: Conn) -> None:
+    key = base64.b64encode(bytes.fromhex(KEY)).decode()
+    with acting(conn, None):
+        assert _scalar(conn, _DECRYPT, (_scalar(conn, _ENCRYPT, ("t", key)), KEY)) == "t"
 
 
 def test_application_can_encrypt_and_decrypt(identity_db: TestDatabase) -> None:

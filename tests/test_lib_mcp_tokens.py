@@ -8,7 +8,8 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from agentapi_db import EncryptionKey
+from agentapi_db import EncryptionKey, opsdb
+from agentapi_db.crypto.ring import ring_for
 from agentapi_db.errors import (
     AlreadyExists,
     ConfigurationError,
@@ -18,8 +19,9 @@ from agentapi_db.errors import (
     PermissionDenied,
 )
 from agentapi_db.ops import OpContext, mcp
+from agentapi_db.rotation import rotate_keys
 from tests.lib_support import Api, Tenants
-from tests.pg import APP_LOGIN, SUPERUSER, TestDatabase
+from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase
 
 pytest_plugins = ("tests.lib_fixtures",)
 
@@ -254,7 +256,7 @@ def test_wrong_key_is_decryption_error_without_the_key(api: Api, tenants: Tenant
         assert tx.mcp.get(cfg.id).name == "b"
 
 
-def test_rotation_reads_with_either_key(api: Api, tenants: Tenants) -> None:
+def test_rotation_reads_with_either_key(api: Api, tenants: Tenants, db: TestDatabase) -> None:
     old_key = api.key
     with api.app.as_user(tenants.alice) as tx:
         before = tx.mcp.create(name="old", type="http", endpoint="https://x",
@@ -267,10 +269,22 @@ def test_rotation_reads_with_either_key(api: Api, tenants: Tenants) -> None:
         values = {c.name: c.bearer_token for c in tx.mcp.list_effective(decrypt=True)}
     assert {k: v.get_secret_value() for k, v in values.items() if v} == {
         "old": "under-old-key", "new": "under-new-key"}
+    # Both tokens are under the organization's data key, still wrapped by the old
+    # master key: the new key alone opens nothing until rotate-key re-wraps it.
+    new_only = api.factory(APP_LOGIN, key=new_key)
+    with pytest.raises(DecryptionError), new_only.as_user(tenants.alice) as tx:
+        tx.mcp.get_secret(after.id)
+    with opsdb.connect(db.url(SERVICE_LOGIN)) as conn:
+        rotate_keys(conn, new_key, old_key)
     new_only = api.factory(APP_LOGIN, key=new_key)
     with new_only.as_user(tenants.alice) as tx:
         assert (s := tx.mcp.get_secret(after.id)) and s.get_secret_value() == "under-new-key"
-    with pytest.raises(DecryptionError), new_only.as_user(tenants.alice) as tx:
+        assert (s := tx.mcp.get_secret(before.id)) and s.get_secret_value() == "under-old-key"
+    # A process that learnt the data key keeps it in memory; a new one, with only
+    # the old master key, cannot unwrap it any more.
+    ring_for.cache_clear()
+    old_only = api.factory(APP_LOGIN, key=old_key)
+    with pytest.raises(DecryptionError), old_only.as_user(tenants.alice) as tx:
         tx.mcp.get_secret(before.id)
 
 

@@ -137,17 +137,34 @@ def test_cli_rotate_and_verify(db: TestDatabase) -> None:
             assert secret not in out.stdout + out.stderr
 
 
-def test_cli_without_old_key_is_a_config_error(db: TestDatabase) -> None:
-    new = EncryptionKey.generate()
-    out = run_cli(
-        "rotate-key",
-        env={
-            "AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN),
-            "AGENTAPI_ENCRYPTION_KEY": new.reveal(),
-        },
-    )
-    assert out.code == 3, out.stdout + out.stderr
-    assert "AGENTAPI_OLD_ENCRYPTION_KEY" in out.stderr
+_TO_LEGACY = (
+    "UPDATE mcp_configurations SET bearer_token = encode(extensions.pgp_sym_encrypt("
+    "decrypt_token(bearer_token, %(key)s), %(key)s,"
+    " 'cipher-algo=aes256, s2k-mode=1, s2k-digest-algo=sha256'), 'base64')"
+    " WHERE bearer_token IS NOT NULL"
+)
+
+
+def test_cli_without_old_key_moves_legacy_values_to_ag1(db: TestDatabase) -> None:
+    key = EncryptionKey.generate()
+    n = seed_encrypted(db, seed_tenant(db, "legacy"), key, bearer=12, oauth=5)
+    with db.connect(SUPERUSER) as conn:  # what a database of the previous release holds
+        conn.execute(_TO_LEGACY, {"key": key.sql_value})
+        conn.commit()
+    env = {"AGENTAPI_DATABASE_URL": db.url(SERVICE_LOGIN), "AGENTAPI_ENCRYPTION_KEY": key.reveal()}
+    check = run_cli("rotate-key", "--verify", "--json", env=env)
+    assert check.code == 1, check.stdout + check.stderr
+    assert '"legacy_format": 12' in check.stdout
+    done = run_cli("rotate-key", "--batch-size", "5", env=env)
+    assert done.code == 0, done.stdout + done.stderr
+    # 12 legacy values, and 10 written directly under the master key by encrypt_token
+    assert f"{n} re-encrypted from the previous format" in done.stdout
+    check = run_cli("rotate-key", "--verify", env=env)
+    assert check.code == 0, check.stdout + check.stderr
+    assert key_states(db, key, EncryptionKey.generate())[0] == n
+    assert plaintext_mismatches(db, key) == (n, [])
+    for out in (done, check):
+        assert key.reveal() not in out.stdout + out.stderr
 
 
 def test_sigkill_at_random_points_then_rerun_finishes(db: TestDatabase) -> None:

@@ -49,7 +49,7 @@ CONTRACT_TABLES: dict[str, dict[str, str | None]] = {
 }
 # Not contract tables: internal bookkeeping of a maintenance feature (the opt-in audit
 # hash chain). A new table in public must be added here on purpose.
-OPERATIONAL_TABLES = {"audit_chain_heads"}
+OPERATIONAL_TABLES = {"audit_chain_heads", "organization_data_keys"}
 # Columns the contract marks "null"; everything else named above may be NOT NULL.
 CONTRACT_NULLABLE = {
     ("user_sessions", "system_prompt"), ("user_sessions", "expires_at"),

@@ -52,9 +52,12 @@ def test_a_migrated_database_passes_every_check(migrated_url: str) -> None:
         "context_key",
         "migration_history",
         "schema_version",
+        "secret_format",
+        "secret_logging",
     }
     assert set(results) == expected
     assert failing(migrated_url) == {}
+    assert results["secret_logging"].warnings == []  # the test server logs no statements
 
 
 def test_superuser_login_acting_as_app_is_a_finding(migrated_url: str) -> None:
@@ -159,3 +162,38 @@ def test_no_context_key_is_a_finding_that_says_what_injection_could_do(
     assert list(found) == ["context_key"]
     assert "no context key is configured" in found["context_key"][0]
     assert "SQL injection" in found["context_key"][0]
+
+
+_SECRET_SEED = (
+    "INSERT INTO organizations (id, name, slug) VALUES ('00000000-0000-4000-8000-000000000001',"
+    " 'O', 'o')",
+    "INSERT INTO mcp_configurations (organization_id, name, type, endpoint, auth_type,"
+    " bearer_token) VALUES ('00000000-0000-4000-8000-000000000001', 'legacy', 'http', 'https://x',"
+    " 'bearer', encode(extensions.pgp_sym_encrypt('t', repeat('a', 64)), 'base64')),"
+    " ('00000000-0000-4000-8000-000000000001', 'direct', 'http', 'https://y', 'bearer',"
+    " encrypt_token('t', repeat('a', 64)))",
+)
+
+
+def test_values_not_under_a_data_key_are_findings(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url) as conn:
+        for statement in _SECRET_SEED:
+            conn.execute(statement.encode())
+    found = failing(migrated_url)
+    assert list(found) == ["secret_format"]
+    assert [f.split(":")[0] for f in found["secret_format"]] == [
+        "mcp_configurations.bearer_token"] * 2
+    assert "1 value(s) still in the previous (OpenPGP) format" in found["secret_format"][0]
+    assert "1 value(s) not under an organization data key" in found["secret_format"][1]
+    assert "a" * 64 not in " ".join(found["secret_format"])
+
+
+def test_logging_settings_are_warnings_not_failures(migrated_url: str) -> None:
+    with psycopg.connect(migrated_url) as conn:
+        conn.execute(b"SET log_statement = 'all'")
+        conn.execute(b"SET log_min_duration_statement = 0")
+        results = {r.name: r for r in run_checks(conn)}
+    logging = results["secret_logging"]
+    assert logging.ok and len(logging.warnings) == 2
+    assert logging.warnings[0].startswith("log_statement = all")
+    assert logging.warnings[1].startswith("log_min_duration_statement is set")

@@ -6,10 +6,12 @@ refuses anything else with a :class:`~agentapi_db.errors.ConfigurationError` who
 message never contains the text it was given. Hex digits only, 60-68 of them but
 not 64, is refused as a mistyped hex key rather than read as base64.
 
-The key reaches PostgreSQL only as a bind parameter: :attr:`EncryptionKey.sql_value`
-is its canonical text form (lowercase hex of the key bytes, so 64 characters for a
-32-byte key, above the 32-character minimum of ``encrypt_token``). A key written
-in hex and the same bytes written in base64 are the same key.
+The library never sends a key to PostgreSQL: it encrypts in the process
+(:mod:`agentapi_db.crypto`, with :meth:`EncryptionKey.raw_bytes`).
+:attr:`EncryptionKey.sql_value` is the canonical text form (lowercase hex of the key
+bytes) that an operator gives the seed's SQL functions in psql, and the passphrase
+of values in the previous (pgcrypto OpenPGP) format. A key written in hex and the
+same bytes written in base64 are the same key.
 
 ``repr()`` and ``str()`` show only a short fingerprint (the first 8 hex digits of
 SHA-256 over the key bytes), enough to tell two keys apart in logs and nothing more.
@@ -100,8 +102,12 @@ class EncryptionKey:
 
     @property
     def sql_value(self) -> str:
-        """The canonical text form passed to ``encrypt_token``/``decrypt_token`` (bind it!)."""
+        """The canonical text form (64 hex digits): the OpenPGP passphrase of legacy values."""
         return self._bytes.hex()
+
+    def raw_bytes(self) -> bytes:
+        """The key bytes, for the in-process cipher (:mod:`agentapi_db.crypto`) only."""
+        return self._bytes
 
     def reveal(self) -> str:
         """The canonical text form (64 hex digits for a 32-byte key), e.g. for ``keygen``."""

@@ -2,16 +2,18 @@
 
 Rules kept here:
 
-* Values are always bind parameters (``%(name)s``); keys and tokens included.
-  No statement is built by formatting or concatenation.
+* Values are always bind parameters (``%(name)s``). No statement is built by
+  formatting or concatenation.
+* No key and no plaintext token ever appears here, as a parameter or otherwise:
+  tokens are encrypted and decrypted in the application process
+  (:mod:`agentapi_db.crypto`); statements only move ciphertexts.
 * A parameter used more than once, or compared with ``IS NULL``, carries an
   explicit cast so PostgreSQL deduces one type for it.
 * Statements run under the caller's role: as ``agentapi_app`` row-level security
   decides what they see and may change; ``agentapi_auth.user_id()`` /
   ``organization_id()`` fill in the acting user where the caller gives no id.
-* Decryption: ``CASE WHEN %(decrypt)s ...`` decrypts only when asked, and uses
-  ``decrypt_token_any`` (try the key, then the old key) only when an old key is
-  configured, i.e. during a key rotation; otherwise the cheaper ``decrypt_token``.
+* ``CASE WHEN %(decrypt)s THEN <ciphertext> END`` returns a ciphertext only when
+  the caller asked to decrypt it; otherwise the secret never leaves the table.
 """
 
 from __future__ import annotations
@@ -222,6 +224,34 @@ DELETE FROM public.user_sessions WHERE id = %(id)s RETURNING id
 SESSION_CLEANUP: Final[LiteralString] = "SELECT public.cleanup_expired_sessions() AS deleted"
 
 # ---------------------------------------------------------------------------
+# organization_data_keys (envelope encryption; agentapi_db.ops._secrets)
+# ---------------------------------------------------------------------------
+
+# The organization a secret belongs to (given, else the user's, else the acting
+# user's) and its primary data key, wrapped, if it has one yet.
+DATA_KEY_PRIMARY: Final[LiteralString] = """
+SELECT o.id AS organization_id, k.key_id, k.wrapped_key
+  FROM (SELECT coalesce(%(organization_id)s::uuid,
+                        (SELECT u.organization_id FROM public.users AS u
+                          WHERE u.id = %(user_id)s::uuid),
+                        agentapi_auth.organization_id()) AS id) AS o
+  LEFT JOIN public.organization_data_keys AS k ON k.organization_id = o.id AND k.is_primary
+"""
+
+# Concurrent first writes race on the one-primary index: the loser reads the
+# winner's key again.
+DATA_KEY_INSERT: Final[LiteralString] = """
+INSERT INTO public.organization_data_keys (key_id, organization_id, wrapped_key)
+VALUES (%(key_id)s, %(organization_id)s, %(wrapped_key)s)
+ON CONFLICT (organization_id) WHERE is_primary DO NOTHING
+RETURNING key_id
+"""
+
+DATA_KEYS_BY_ID: Final[LiteralString] = """
+SELECT key_id, wrapped_key FROM public.organization_data_keys WHERE key_id = ANY(%(key_ids)s)
+"""
+
+# ---------------------------------------------------------------------------
 # mcp_configurations
 # ---------------------------------------------------------------------------
 
@@ -234,7 +264,7 @@ VALUES (coalesce(%(organization_id)s::uuid,
                  (SELECT u.organization_id FROM public.users AS u WHERE u.id = %(user_id)s::uuid)),
         %(user_id)s::uuid, %(name)s, %(type)s::public.mcp_type, %(endpoint)s, %(command)s,
         %(args)s, %(env)s, %(auth_type)s::public.auth_type,
-        public.encrypt_token(%(bearer_token)s, %(key)s), %(oauth_provider)s, %(enabled)s)
+        %(bearer_token)s, %(oauth_provider)s, %(enabled)s)
 RETURNING id, organization_id, user_id, name, type, endpoint, command, args, env, auth_type,
           oauth_provider, enabled, created_at, updated_at,
           bearer_token IS NOT NULL AS has_bearer_token
@@ -244,10 +274,7 @@ MCP_GET: Final[LiteralString] = """
 SELECT id, organization_id, user_id, name, type, endpoint, command, args, env, auth_type,
        oauth_provider, enabled, created_at, updated_at,
        bearer_token IS NOT NULL AS has_bearer_token,
-       CASE WHEN NOT %(decrypt)s THEN NULL
-            WHEN %(old_key)s::text IS NULL THEN public.decrypt_token(bearer_token, %(key)s::text)
-            ELSE public.decrypt_token_any(bearer_token, %(key)s::text, %(old_key)s::text)
-       END AS bearer_token
+       CASE WHEN %(decrypt)s THEN bearer_token END AS bearer_token
   FROM public.mcp_configurations
  WHERE id = %(id)s
 """
@@ -274,7 +301,7 @@ UPDATE public.mcp_configurations
        env = %(env)s,
        auth_type = %(auth_type)s::public.auth_type,
        bearer_token = CASE %(token_action)s::text
-                          WHEN 'set' THEN public.encrypt_token(%(bearer_token)s, %(key)s)
+                          WHEN 'set' THEN %(bearer_token)s
                           WHEN 'clear' THEN NULL
                           ELSE bearer_token
                       END,
@@ -308,10 +335,7 @@ SELECT DISTINCT ON (v.name)
        v.env, v.auth_type, v.oauth_provider, v.enabled, v.created_at, v.updated_at,
        v.bearer_token IS NOT NULL AS has_bearer_token,
        v.organization_name, v.organization_slug, v.user_email, v.config_scope,
-       CASE WHEN NOT %(decrypt)s THEN NULL
-            WHEN %(old_key)s::text IS NULL THEN public.decrypt_token(v.bearer_token, %(key)s::text)
-            ELSE public.decrypt_token_any(v.bearer_token, %(key)s::text, %(old_key)s::text)
-       END AS bearer_token
+       CASE WHEN %(decrypt)s THEN v.bearer_token END AS bearer_token
   FROM public.effective_mcp_configurations AS v
   JOIN public.users AS u ON u.id = %(user_id)s AND u.organization_id = v.organization_id
  WHERE v.user_id IS NULL OR v.user_id = u.id
@@ -340,8 +364,8 @@ WITH cfg AS (
                                               token_type, scope, expires_at)
     SELECT cfg.user_id, cfg.organization_id, cfg.mcp_configuration_id,
            coalesce(%(oauth_provider)s, cfg.oauth_provider),
-           public.encrypt_token(%(access_token)s, %(key)s),
-           public.encrypt_token(%(refresh_token)s, %(key)s),
+           %(access_token)s,
+           %(refresh_token)s,
            %(token_type)s, %(scope)s, %(expires_at)s
       FROM cfg
      WHERE cfg.auth_type = 'oauth'
@@ -367,14 +391,8 @@ SELECT cfg.auth_type AS configuration_auth_type, saved.*
 OAUTH_GET: Final[LiteralString] = """
 SELECT id, user_id, organization_id, mcp_configuration_id, oauth_provider, token_type, scope,
        expires_at, refresh_failure_count, last_refreshed_at, created_at, updated_at,
-       CASE WHEN NOT %(decrypt)s THEN NULL
-            WHEN %(old_key)s::text IS NULL THEN public.decrypt_token(access_token, %(key)s::text)
-            ELSE public.decrypt_token_any(access_token, %(key)s::text, %(old_key)s::text)
-       END AS access_token,
-       CASE WHEN NOT %(decrypt)s THEN NULL
-            WHEN %(old_key)s::text IS NULL THEN public.decrypt_token(refresh_token, %(key)s::text)
-            ELSE public.decrypt_token_any(refresh_token, %(key)s::text, %(old_key)s::text)
-       END AS refresh_token
+       CASE WHEN %(decrypt)s THEN access_token END AS access_token,
+       CASE WHEN %(decrypt)s THEN refresh_token END AS refresh_token
   FROM public.mcp_oauth_tokens
  WHERE mcp_configuration_id = %(mcp_configuration_id)s AND user_id = %(user_id)s
 """

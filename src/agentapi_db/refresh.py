@@ -18,7 +18,8 @@ refresh token is used twice, so two workers must never refresh the same token.
 * :func:`revoke` deletes a token and records an audit event, atomically.
 
 Plaintext tokens appear only in :class:`ClaimedToken` fields, which ``repr()``
-hides; keys and tokens only travel as bind parameters.
+hides. Tokens are encrypted and decrypted in this process
+(:mod:`agentapi_db.crypto`): no key and no plaintext token reaches PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from datetime import datetime, timedelta
 from typing import Any, Final, LiteralString
 from uuid import UUID
 
+from agentapi_db.crypto.ring import ring_for
 from agentapi_db.errors import AgentApiDbError, InvalidInput, NotFound
 from agentapi_db.keys import EncryptionKey
+from agentapi_db.ops._secrets import drive, open_values, org_sealer
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
@@ -69,22 +72,14 @@ UPDATE public.mcp_oauth_tokens AS t
  WHERE t.id = due.id
 RETURNING t.id, t.user_id, t.organization_id, t.mcp_configuration_id, t.oauth_provider,
           t.token_type, t.scope, t.expires_at, t.refresh_claimed_until, t.refresh_failure_count,
-          CASE WHEN %(old_key)s::text IS NULL
-               THEN public.decrypt_token(t.access_token, %(key)s::text)
-               ELSE public.decrypt_token_any(t.access_token, %(key)s::text, %(old_key)s::text)
-          END,
-          CASE WHEN %(old_key)s::text IS NULL
-               THEN public.decrypt_token(t.refresh_token, %(key)s::text)
-               ELSE public.decrypt_token_any(t.refresh_token, %(key)s::text, %(old_key)s::text)
-          END
+          t.access_token, t.refresh_token
 """
 
 # The new refresh token is optional: providers that do not rotate it keep the old one.
 _SQL_STORE: Final[LiteralString] = """
 UPDATE public.mcp_oauth_tokens
-   SET access_token = public.encrypt_token(%(access_token)s, %(key)s),
-       refresh_token = coalesce(public.encrypt_token(%(refresh_token)s::text, %(key)s),
-                                refresh_token),
+   SET access_token = %(access_token)s,
+       refresh_token = coalesce(%(refresh_token)s::text, refresh_token),
        expires_at = %(expires_at)s,
        token_type = coalesce(%(token_type)s::text, token_type),
        scope = coalesce(%(scope)s::text, scope),
@@ -203,11 +198,14 @@ def claim_expiring(
         "limit": limit,
         "lease": _interval(lease, "lease"),
         "max_failures": max_failures,
-        "key": key.sql_value,
-        "old_key": old_key.sql_value if old_key is not None else None,
     }
+    ring = ring_for(key, old_key)
+    # Decrypted inside the claiming transaction: a value no key opens rolls the
+    # claim back (no lease is left on tokens nobody received).
     with service_transaction(conn):
         rows = conn.execute(_SQL_CLAIM, params).fetchall()
+        values = drive(conn, open_values(ring, [v for r in rows for v in (r[10], r[11])]))
+    opened = [(str(values[2 * i]), str(values[2 * i + 1])) for i in range(len(rows))]
     claims = [
         ClaimedToken(
             id=r[0],
@@ -221,10 +219,10 @@ def claim_expiring(
             claimed_until=r[8],
             failure_count=r[9],
             worker_id=worker_id,
-            access_token=r[10],
-            refresh_token=r[11],
+            access_token=access,
+            refresh_token=refresh,
         )
-        for r in rows
+        for r, (access, refresh) in zip(rows, opened, strict=True)
     ]
     claims.sort(key=lambda c: (c.expires_at is None, c.expires_at, str(c.id)))
     return claims
@@ -241,24 +239,26 @@ def store_refreshed(
     token_type: str | None = None,
     scope: str | None = None,
 ) -> None:
-    """Store the provider's new tokens (encrypted with ``key``) and release the lease.
+    """Store the provider's new tokens (encrypted with ``key`` in this process) and release
+    the lease.
 
     ``refresh_token=None`` keeps the current refresh token. Raises :class:`LeaseLost`
     (and changes nothing) if the lease ran out or another worker holds it now.
     """
     if not access_token:
         raise InvalidInput("access token must not be empty", rule="access_token")
-    params: dict[str, Any] = {
-        "id": claim.id,
-        "worker": claim.worker_id,
-        "key": key.sql_value,
-        "access_token": access_token,
-        "refresh_token": refresh_token,
-        "expires_at": expires_at,
-        "token_type": token_type,
-        "scope": scope,
-    }
     with service_transaction(conn):
+        sealer = drive(conn, org_sealer(ring_for(key, None),
+                                        organization_id=claim.organization_id))
+        params: dict[str, Any] = {
+            "id": claim.id,
+            "worker": claim.worker_id,
+            "access_token": sealer.seal(access_token),
+            "refresh_token": sealer.seal_optional(refresh_token),
+            "expires_at": expires_at,
+            "token_type": token_type,
+            "scope": scope,
+        }
         row = conn.execute(_SQL_STORE, params).fetchone()
     if row is None:
         raise LeaseLost(f"the refresh lease on token {claim.id} is no longer held by this worker")

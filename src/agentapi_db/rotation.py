@@ -1,26 +1,32 @@
-"""Online, crash-safe encryption key rotation (``agentapi-db rotate-key``).
+"""Online, crash-safe master-key rotation (``agentapi-db rotate-key``).
 
-Every encrypted value (``mcp_configurations.bearer_token``,
-``mcp_oauth_tokens.access_token`` and ``refresh_token``) is re-encrypted from the
-old key to the new one, in batches:
+Secrets are encrypted with per-organization data keys, which are stored wrapped
+by the master key. Rotating the master key therefore re-wraps the data keys only
+(one row per organization), in this process (no key and no plaintext token is
+sent to PostgreSQL). A second pass moves values not yet under a data key
+(the previous pgcrypto OpenPGP format, or ``ag1`` directly under a master key, as
+an operator's ``encrypt_token`` in psql writes) to their organization's data key:
 
 * a batch is one transaction as ``agentapi_service``: it locks the next
-  ``batch_size`` rows by id (keyset pagination, ``FOR UPDATE``), and
-  ``reencrypt_token()`` replaces each ciphertext in place: unchanged if it already
-  opens with the new key, re-encrypted if it opens with the old key;
+  ``batch_size`` rows by key (keyset pagination, ``FOR UPDATE``); a data key
+  wrapped by the old master key is unwrapped and wrapped again by the new one; a
+  value under a data key is left alone, any other one is opened and sealed
+  under its organization's data key (made, wrapped by the new master key, if the
+  organization has none); the batch writes back with one ``UPDATE ... FROM unnest``;
 * each value is replaced atomically with its row, so at every instant it is
-  readable by exactly one of the two keys, whatever kills the process; running the
+  readable by one of the two keys, whatever kills the process; running the
   rotation again skips what is done and finishes the rest;
-* a value readable by neither key stops the rotation with :class:`RotationError`
-  naming the row, and is never overwritten.
+* a data key or value readable by neither key stops the rotation with
+  :class:`RotationError` naming the row, and is never overwritten.
 
-While a rotation runs, the application must run with both keys
-(``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old): it
+Without an old key, a run moves values of the previous format (or under the one
+master key directly) to the data keys. While a rotation runs, the application must run with both
+keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old): it
 then decrypts with either and encrypts with the new one.
 
-:func:`verify_rotation` checks, without changing anything, that every value opens
-with the new key and none with the old one. Keys only ever travel as bind
-parameters.
+:func:`verify_rotation` checks, without changing anything, that every value is
+under a data key wrapped by the new master key, and none opens with the old one.
+Per-organization data-key rotation is :mod:`agentapi_db.datakeys`.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import Final, LiteralString
 from uuid import UUID
 
-import psycopg
-
-from agentapi_db.errors import ConfigurationError, InvalidInput
+from agentapi_db.crypto.ring import KeyRing
+from agentapi_db.crypto.sealed import is_sealed, sealed_key_id
+from agentapi_db.errors import ConfigurationError, DecryptionError, InvalidInput
 from agentapi_db.keys import EncryptionKey
+from agentapi_db.ops._secrets import Sealer, drive, open_values, org_sealer
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
@@ -52,7 +59,7 @@ ENCRYPTED_COLUMNS: Final[tuple[str, ...]] = (
     "mcp_oauth_tokens.access_token",
     "mcp_oauth_tokens.refresh_token",
 )
-"""Every column that holds a ciphertext of ``encrypt_token``."""
+"""Every column that holds a token ciphertext."""
 
 # --------------------------------------------------------------------------- SQL
 
@@ -61,123 +68,78 @@ SELECT (SELECT count(bearer_token) FROM public.mcp_configurations)
      + (SELECT count(access_token) + count(refresh_token) FROM public.mcp_oauth_tokens)
 """
 
-# Each batch statement returns one row per row of the batch: its id and how many
-# of its values it re-encrypted (0 when they were already under the new key).
-_SQL_BATCH_CONFIGS: Final[LiteralString] = """
-WITH batch AS (
-    SELECT c.id, c.bearer_token
-      FROM public.mcp_configurations AS c
-     WHERE c.bearer_token IS NOT NULL
-       AND (%(after)s::uuid IS NULL OR c.id > %(after)s::uuid)
-     ORDER BY c.id
-     LIMIT %(limit)s
-       FOR UPDATE
-), fixed AS (
-    SELECT b.id, b.bearer_token AS before,
-           public.reencrypt_token(b.bearer_token, %(new_key)s, %(old_key)s) AS after
-      FROM batch AS b
-), changed AS (
-    UPDATE public.mcp_configurations AS c
-       SET bearer_token = f.after
-      FROM fixed AS f
-     WHERE c.id = f.id AND f.after IS DISTINCT FROM f.before
-)
-SELECT f.id, (f.after IS DISTINCT FROM f.before)::int AS values_changed, 1 AS values_seen
-  FROM fixed AS f
- ORDER BY f.id
-"""
-
-_SQL_BATCH_TOKENS: Final[LiteralString] = """
-WITH batch AS (
-    SELECT t.id, t.access_token, t.refresh_token
-      FROM public.mcp_oauth_tokens AS t
-     WHERE (%(after)s::uuid IS NULL OR t.id > %(after)s::uuid)
-     ORDER BY t.id
-     LIMIT %(limit)s
-       FOR UPDATE
-), fixed AS (
-    SELECT b.id,
-           b.access_token AS access_before,
-           public.reencrypt_token(b.access_token, %(new_key)s, %(old_key)s) AS access_after,
-           b.refresh_token AS refresh_before,
-           public.reencrypt_token(b.refresh_token, %(new_key)s, %(old_key)s) AS refresh_after
-      FROM batch AS b
-), changed AS (
-    UPDATE public.mcp_oauth_tokens AS t
-       SET access_token = f.access_after, refresh_token = f.refresh_after
-      FROM fixed AS f
-     WHERE t.id = f.id
-       AND (f.access_after IS DISTINCT FROM f.access_before
-            OR f.refresh_after IS DISTINCT FROM f.refresh_before)
-)
-SELECT f.id,
-       (f.access_after IS DISTINCT FROM f.access_before)::int
-         + (f.refresh_after IS DISTINCT FROM f.refresh_before)::int AS values_changed,
-       1 + (f.refresh_before IS NOT NULL)::int AS values_seen
-  FROM fixed AS f
- ORDER BY f.id
-"""
-
-# After a batch failed: find the row whose value neither key opens.
-_SQL_FIND_UNREADABLE_CONFIG: Final[LiteralString] = """
-SELECT c.id, 'bearer_token'
+_SQL_LOCK_CONFIGS: Final[LiteralString] = """
+SELECT c.id, c.organization_id, c.bearer_token
   FROM public.mcp_configurations AS c
  WHERE c.bearer_token IS NOT NULL
    AND (%(after)s::uuid IS NULL OR c.id > %(after)s::uuid)
-   AND NOT public.token_decrypts_with(c.bearer_token, %(new_key)s)
-   AND NOT public.token_decrypts_with(c.bearer_token, %(old_key)s)
  ORDER BY c.id
- LIMIT 1
+ LIMIT %(limit)s
+   FOR UPDATE
 """
 
-_SQL_FIND_UNREADABLE_OAUTH: Final[LiteralString] = """
-SELECT t.id, CASE WHEN NOT public.token_decrypts_with(t.access_token, %(new_key)s)
-                   AND NOT public.token_decrypts_with(t.access_token, %(old_key)s)
-                  THEN 'access_token' ELSE 'refresh_token' END
+_SQL_WRITE_CONFIGS: Final[LiteralString] = """
+UPDATE public.mcp_configurations AS c
+   SET bearer_token = v.bearer_token
+  FROM unnest(%(ids)s::uuid[], %(col0)s::text[]) AS v (id, bearer_token)
+ WHERE c.id = v.id
+"""
+
+_SQL_LOCK_TOKENS: Final[LiteralString] = """
+SELECT t.id, t.organization_id, t.access_token, t.refresh_token
   FROM public.mcp_oauth_tokens AS t
  WHERE (%(after)s::uuid IS NULL OR t.id > %(after)s::uuid)
-   AND ((NOT public.token_decrypts_with(t.access_token, %(new_key)s)
-         AND NOT public.token_decrypts_with(t.access_token, %(old_key)s))
-        OR (t.refresh_token IS NOT NULL
-            AND NOT public.token_decrypts_with(t.refresh_token, %(new_key)s)
-            AND NOT public.token_decrypts_with(t.refresh_token, %(old_key)s)))
  ORDER BY t.id
- LIMIT 1
+ LIMIT %(limit)s
+   FOR UPDATE
 """
 
-# --verify: one row per encrypted value that is not (new key only). With no old
-# key, %(old_key)s is NULL and only the new key is checked.
-_SQL_VERIFY: Final[LiteralString] = """
-WITH value AS (
-    SELECT 'mcp_configurations.bearer_token' AS col, c.id, c.bearer_token AS ct
-      FROM public.mcp_configurations AS c WHERE c.bearer_token IS NOT NULL
-    UNION ALL
-    SELECT 'mcp_oauth_tokens.access_token', t.id, t.access_token
-      FROM public.mcp_oauth_tokens AS t
-    UNION ALL
-    SELECT 'mcp_oauth_tokens.refresh_token', t.id, t.refresh_token
-      FROM public.mcp_oauth_tokens AS t WHERE t.refresh_token IS NOT NULL
-), checked AS (
-    SELECT v.col, v.id,
-           public.token_decrypts_with(v.ct, %(new_key)s) AS opens_new,
-           CASE WHEN %(old_key)s::text IS NULL THEN false
-                ELSE public.token_decrypts_with(v.ct, %(old_key)s::text) END AS opens_old
-      FROM value AS v
-)
-SELECT c.col, count(*) AS total,
-       count(*) FILTER (WHERE c.opens_new AND NOT c.opens_old) AS ok,
-       count(*) FILTER (WHERE c.opens_old) AS old_key,
-       count(*) FILTER (WHERE NOT c.opens_new AND NOT c.opens_old) AS unreadable,
-       (array_agg(c.id ORDER BY c.id) FILTER (WHERE NOT c.opens_new OR c.opens_old))[1:5] AS sample
-  FROM checked AS c
- GROUP BY c.col
+_SQL_WRITE_TOKENS: Final[LiteralString] = """
+UPDATE public.mcp_oauth_tokens AS t
+   SET access_token = v.access_token, refresh_token = v.refresh_token
+  FROM unnest(%(ids)s::uuid[], %(col0)s::text[], %(col1)s::text[])
+       AS v (id, access_token, refresh_token)
+ WHERE t.id = v.id
+"""
+
+_SQL_LOCK_DATA_KEYS: Final[LiteralString] = """
+SELECT k.key_id, k.wrapped_key
+  FROM public.organization_data_keys AS k
+ WHERE (%(after)s::text IS NULL OR k.key_id > %(after)s::text)
+ ORDER BY k.key_id
+ LIMIT %(limit)s
+   FOR UPDATE
+"""
+
+_SQL_WRITE_DATA_KEYS: Final[LiteralString] = """
+UPDATE public.organization_data_keys AS k
+   SET wrapped_key = v.wrapped_key
+  FROM unnest(%(ids)s::text[], %(col0)s::text[]) AS v (key_id, wrapped_key)
+ WHERE k.key_id = v.key_id
+"""
+
+_SQL_ALL_DATA_KEYS: Final[LiteralString] = """
+SELECT key_id, wrapped_key FROM public.organization_data_keys ORDER BY key_id
+"""
+
+# --verify reads every value (ciphertexts only) in id order.
+_SQL_ALL_VALUES: Final[LiteralString] = """
+SELECT 'mcp_configurations.bearer_token' AS col, c.id, c.bearer_token AS ct
+  FROM public.mcp_configurations AS c WHERE c.bearer_token IS NOT NULL
+UNION ALL
+SELECT 'mcp_oauth_tokens.access_token', t.id, t.access_token
+  FROM public.mcp_oauth_tokens AS t
+UNION ALL
+SELECT 'mcp_oauth_tokens.refresh_token', t.id, t.refresh_token
+  FROM public.mcp_oauth_tokens AS t WHERE t.refresh_token IS NOT NULL
+ ORDER BY 1, 2
 """
 
 _SQL_READ_ONLY: Final[LiteralString] = "SET TRANSACTION READ ONLY"
 
-_BATCHES: Final[tuple[tuple[str, LiteralString, LiteralString], ...]] = (
-    ("mcp_configurations", _SQL_BATCH_CONFIGS, _SQL_FIND_UNREADABLE_CONFIG),
-    ("mcp_oauth_tokens", _SQL_BATCH_TOKENS, _SQL_FIND_UNREADABLE_OAUTH),
+_BATCHES: Final[tuple[tuple[str, tuple[str, ...], LiteralString, LiteralString], ...]] = (
+    ("mcp_configurations", ("bearer_token",), _SQL_LOCK_CONFIGS, _SQL_WRITE_CONFIGS),
+    ("mcp_oauth_tokens", ("access_token", "refresh_token"), _SQL_LOCK_TOKENS, _SQL_WRITE_TOKENS),
 )
 
 # --------------------------------------------------------------------------- API
@@ -186,7 +148,9 @@ _BATCHES: Final[tuple[tuple[str, LiteralString, LiteralString], ...]] = (
 class RotationError(InvalidInput):
     """A stored value opens with neither key: the rotation stopped and changed nothing of it."""
 
-    def __init__(self, table: str, column: str, row_id: UUID | None) -> None:
+    # (the batch holding it is rolled back; batches before it are committed)
+
+    def __init__(self, table: str, column: str, row_id: UUID | str | None) -> None:
         where = f"{table}.{column} of row {row_id}" if row_id else f"a value of {table}"
         super().__init__(
             f"{where} decrypts with neither the new nor the old key; rotation stopped "
@@ -205,6 +169,8 @@ class RotationResult:
     values_seen: int = 0
     values_reencrypted: int = 0
     batches: int = 0
+    data_keys_seen: int = 0
+    data_keys_rewrapped: int = 0
 
 
 @dataclass(frozen=True)
@@ -217,18 +183,29 @@ class ColumnCheck:
     old_key: int
     unreadable: int
     sample: tuple[UUID, ...]
+    legacy: int = 0
+    """Values still in the previous (pgcrypto OpenPGP) format, opening with the new key."""
+    direct: int = 0
+    """Values in ``ag1`` directly under the new master key (not yet under a data key)."""
 
 
 @dataclass
 class VerifyReport:
-    """``--verify`` result: every value must open with the new key and none with the old."""
+    """``--verify`` result: every value must be ``ag1`` under the new key, none open with
+    the old one."""
 
     columns: list[ColumnCheck] = field(default_factory=list)
     checked_old_key: bool = True
+    data_keys: int = 0
+    data_keys_ok: int = 0
+    """Data keys wrapped by the new master key."""
+    data_keys_old: int = 0
+    """Data keys still wrapped by the old master key."""
 
     @property
     def ok(self) -> bool:
-        return all(c.ok == c.total for c in self.columns)
+        return (all(c.ok == c.total for c in self.columns)
+                and self.data_keys_ok == self.data_keys)
 
     @property
     def total(self) -> int:
@@ -249,15 +226,67 @@ def count_encrypted_values(conn: Conn) -> int:
     return int(row[0]) if row is not None else 0
 
 
+def _rewrap_data_keys(
+    conn: Conn, ring: KeyRing, batch_size: int, result: RotationResult,
+    on_batch: Callable[[int], None] | None,
+) -> None:
+    after: str | None = None
+    while True:
+        with service_transaction(conn):
+            rows = conn.execute(_SQL_LOCK_DATA_KEYS,
+                                {"after": after, "limit": batch_size}).fetchall()
+            if not rows:
+                return
+            fresh: list[str] = []
+            for key_id, wrapped in rows:
+                if sealed_key_id(wrapped) == ring.primary_kid:
+                    fresh.append(wrapped)
+                    continue
+                try:
+                    fresh.append(ring.seal(ring.unwrap(wrapped).hex()))
+                except DecryptionError:
+                    raise RotationError("organization_data_keys", "wrapped_key",
+                                        key_id) from None
+            changed = sum(a != b for a, b in zip(fresh, (r[1] for r in rows), strict=True))
+            if changed:
+                conn.execute(_SQL_WRITE_DATA_KEYS, {"ids": [r[0] for r in rows], "col0": fresh})
+        after = rows[-1][0]
+        result.batches += 1
+        result.data_keys_seen += len(rows)
+        result.data_keys_rewrapped += changed
+        if on_batch is not None:
+            on_batch(0)
+
+
+def _move_value(
+    conn: Conn, ring: KeyRing, sealers: dict[UUID, Sealer], where: tuple[str, str, UUID],
+    org: UUID, value: str,
+) -> str:
+    """``value`` unchanged if it is under a data key (checked: it must open), else sealed
+    under its organization's data key."""
+    try:
+        if is_sealed(value) and not ring.is_master_key_id(sealed_key_id(value)):
+            drive(conn, open_values(ring, [value]))
+            return value
+        plain = ring.open(value)
+    except DecryptionError:
+        raise RotationError(*where) from None
+    sealer = sealers.get(org)
+    if sealer is None:
+        sealer = sealers[org] = drive(conn, org_sealer(ring, organization_id=org))
+    return sealer.seal(plain)
+
+
 def rotate_keys(
     conn: Conn,
     new_key: EncryptionKey,
-    old_key: EncryptionKey,
+    old_key: EncryptionKey | None,
     *,
     batch_size: int = 500,
     on_batch: Callable[[int], None] | None = None,
 ) -> RotationResult:
-    """Re-encrypt every value from ``old_key`` to ``new_key``; see the module docstring.
+    """Re-wrap every data key by ``new_key`` and move every other value to a data key;
+    see the module docstring.
 
     ``conn`` must be in autocommit mode (each batch is its own transaction).
     ``on_batch(values_seen)`` is called after each committed batch.
@@ -265,59 +294,108 @@ def rotate_keys(
     if batch_size < 1 or batch_size > 100_000:
         raise InvalidInput("batch size must be between 1 and 100000", rule="batch_size")
     _check_keys(new_key, old_key)
+    ring = KeyRing(new_key, () if old_key is None else (old_key,))
     result = RotationResult()
-    for table, batch_sql, find_sql in _BATCHES:
+    _rewrap_data_keys(conn, ring, batch_size, result, on_batch)
+    for table, columns, lock_sql, write_sql in _BATCHES:
         after: UUID | None = None
         while True:
-            params = {
-                "after": after,
-                "limit": batch_size,
-                "new_key": new_key.sql_value,
-                "old_key": old_key.sql_value,
-            }
-            try:
-                with service_transaction(conn):
-                    rows = conn.execute(batch_sql, params).fetchall()
-            except psycopg.errors.DataCorrupted:
-                with service_transaction(conn):
-                    bad = conn.execute(find_sql, params).fetchone()
-                raise RotationError(
-                    table,
-                    str(bad[1]) if bad else "?",
-                    bad[0] if bad else None,
-                ) from None
-            if not rows:
-                break
+            sealers: dict[UUID, Sealer] = {}
+            with service_transaction(conn):
+                rows = conn.execute(lock_sql, {"after": after, "limit": batch_size}).fetchall()
+                if not rows:
+                    break
+                seen = changed = 0
+                new_values: list[list[str | None]] = [[] for _ in columns]
+                for row in rows:
+                    for i, column in enumerate(columns):
+                        value = row[2 + i]
+                        if value is None:
+                            new_values[i].append(None)
+                            continue
+                        fresh = _move_value(conn, ring, sealers, (table, column, row[0]),
+                                            row[1], value)
+                        seen += 1
+                        changed += fresh != value
+                        new_values[i].append(fresh)
+                if changed:
+                    params: dict[str, object] = {"ids": [r[0] for r in rows]}
+                    params.update({f"col{i}": v for i, v in enumerate(new_values)})
+                    conn.execute(write_sql, params)
             after = rows[-1][0]
-            seen = sum(int(r[2]) for r in rows)
             result.batches += 1
             result.values_seen += seen
-            result.values_reencrypted += sum(int(r[1]) for r in rows)
+            result.values_reencrypted += changed
             if on_batch is not None:
                 on_batch(seen)
     return result
 
 
+def _classify(new: KeyRing, old: KeyRing | None, value: str) -> str:
+    """``ok`` (under a data key the new master key unwraps), ``old_key`` (opens only
+    with the old master key), ``direct`` (ag1 directly under the new master key),
+    ``legacy`` (previous format, new key) or ``unreadable``."""
+    kid = sealed_key_id(value) if is_sealed(value) else None
+    for ring, label in ((new, "ok"), (old, "old_key")):
+        if ring is None:
+            continue
+        try:
+            ring.open(value)
+        except DecryptionError:
+            continue
+        if label == "ok" and kid is None:
+            return "legacy"
+        if label == "ok" and ring.is_master_key_id(kid or ""):
+            return "direct"
+        return label
+    return "unreadable"
+
+
+def _load_data_keys(
+    conn: Conn, new: KeyRing, old: KeyRing | None, report: VerifyReport
+) -> None:
+    for key_id, wrapped in conn.execute(_SQL_ALL_DATA_KEYS):
+        report.data_keys += 1
+        for ring, label in ((new, "ok"), (old, "old")):
+            if ring is None:
+                continue
+            try:
+                ring.learn(key_id, wrapped)
+            except DecryptionError:
+                continue
+            if label == "ok":
+                report.data_keys_ok += 1
+            else:
+                report.data_keys_old += 1
+            break
+
+
 def verify_rotation(
     conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None
 ) -> VerifyReport:
-    """Check every value opens with ``new_key`` and none with ``old_key``; changes nothing."""
+    """Check every data key is wrapped by ``new_key`` and every value is under a data
+    key, none opening with ``old_key``; changes nothing. Everything is read as
+    ciphertext and checked in this process."""
     _check_keys(new_key, old_key)
-    params = {
-        "new_key": new_key.sql_value,
-        "old_key": old_key.sql_value if old_key is not None else None,
-    }
+    new = KeyRing(new_key)
+    old = None if old_key is None else KeyRing(old_key)
+    counts: dict[str, dict[str, int]] = {c: {} for c in ENCRYPTED_COLUMNS}
+    samples: dict[str, list[UUID]] = {c: [] for c in ENCRYPTED_COLUMNS}
+    report = VerifyReport(checked_old_key=old_key is not None)
     with service_transaction(conn):
         conn.execute(_SQL_READ_ONLY)
-        rows = conn.execute(_SQL_VERIFY, params).fetchall()
-    found = {str(r[0]): r for r in rows}
-    report = VerifyReport(checked_old_key=old_key is not None)
+        _load_data_keys(conn, new, old, report)
+        for column, row_id, value in conn.execute(_SQL_ALL_VALUES):
+            kind = _classify(new, old, value)
+            bucket = counts[column]
+            bucket[kind] = bucket.get(kind, 0) + 1
+            if kind != "ok" and len(samples[column]) < 5:
+                samples[column].append(row_id)
     for column in ENCRYPTED_COLUMNS:
-        r = found.get(column)
-        if r is None:
-            report.columns.append(ColumnCheck(column, 0, 0, 0, 0, ()))
-        else:
-            report.columns.append(
-                ColumnCheck(column, int(r[1]), int(r[2]), int(r[3]), int(r[4]), tuple(r[5] or ()))
-            )
+        c = counts[column]
+        report.columns.append(ColumnCheck(
+            column, sum(c.values()), c.get("ok", 0), c.get("old_key", 0),
+            c.get("unreadable", 0), tuple(samples[column]), c.get("legacy", 0),
+            c.get("direct", 0),
+        ))
     return report

@@ -18,7 +18,9 @@ The checks:
   ``agentapi_owner``, grants nothing to PUBLIC and its table forces RLS (the lints
   look at the application's schemas only);
 * ``schema_version``: the latest migration is applied and every applied
-  migration's checksum matches its file.
+  migration's checksum matches its file;
+* ``secret_format`` and ``secret_logging`` (warnings only): see
+  :mod:`agentapi_db.verify_secrets`.
 
 A check passes when it has no findings. Connect as a superuser or as a login that
 can read the catalogs and ``agentapi_meta`` (a member of ``agentapi_owner``).
@@ -34,6 +36,7 @@ from psycopg.rows import TupleRow
 
 from agentapi_db import lint
 from agentapi_db.migrations import read_state
+from agentapi_db.verify_secrets import check_secret_format, check_secret_logging
 
 __all__ = ["CheckResult", "run_checks"]
 
@@ -131,6 +134,8 @@ class CheckResult:
     name: str
     description: str
     findings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    """Worth knowing, but not a failure (the check still passes)."""
 
     @property
     def ok(self) -> bool:
@@ -142,6 +147,7 @@ class CheckResult:
             "ok": self.ok,
             "description": self.description,
             "findings": list(self.findings),
+            "warnings": list(self.warnings),
         }
 
 
@@ -247,6 +253,10 @@ def _lint_checks(conn: Conn) -> list[CheckResult]:
     ]
 
 
+def _warning_check(name: str, description: str, warnings: list[str]) -> CheckResult:
+    return CheckResult(name, description, [], warnings)
+
+
 def run_checks(conn: Conn) -> list[CheckResult]:
     """Run every check on ``conn`` (read only; rolls back what it opened)."""
     results = [
@@ -256,6 +266,8 @@ def run_checks(conn: Conn) -> list[CheckResult]:
         _check_context_key(conn),
         _check_meta(conn),
         _check_schema_version(conn),
+        CheckResult("secret_format", *check_secret_format(conn)),
+        _warning_check("secret_logging", *check_secret_logging(conn)),
     ]
     if not conn.autocommit:
         conn.rollback()

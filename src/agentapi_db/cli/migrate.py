@@ -97,6 +97,8 @@ def verify_command(database_url: DatabaseUrlOption = None, json_output: JsonOpti
             )
             for finding in result.findings:
                 console.print(f"    [red]{escape(finding)}[/]", soft_wrap=True)
+            for warning in result.warnings:
+                console.print(f"    [yellow]warning: {escape(warning)}[/]", soft_wrap=True)
         total = sum(len(r.findings) for r in results)
         if failed:
             console.print(

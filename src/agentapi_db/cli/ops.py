@@ -44,8 +44,7 @@ from agentapi_db.cli.app import (
     print_json,
     resolve_database_url,
 )
-from agentapi_db.config import ENV_OLD_KEY, ENV_OLD_KEY_FILE, Settings
-from agentapi_db.errors import ConfigurationError
+from agentapi_db.config import Settings
 
 tokens_app = typer.Typer(help="OAuth tokens: refresh status.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
@@ -78,17 +77,19 @@ def rotate_key_command(
         typer.Option(
             "--verify",
             help=(
-                "Change nothing; check that every value decrypts with the new key and "
+                "Change nothing; check that every value is format ag1 under the new key and "
                 "none with the old one (exit 1 otherwise)."
             ),
         ),
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Re-encrypt every stored token from the old key to the new key, online.
+    """Re-encrypt every stored token into format ag1 under the new key, online.
 
     Keys come from the environment only: AGENTAPI_ENCRYPTION_KEY (new) and
-    AGENTAPI_OLD_ENCRYPTION_KEY (old), or their _FILE variants. Batches are
+    AGENTAPI_OLD_ENCRYPTION_KEY (old, optional: without it, values of the previous
+    pgcrypto format are moved to ag1 under the one key), or their _FILE variants.
+    Encryption happens in this process: no key reaches the database. Batches are
     transactions; interrupting it at any point is safe and running it again
     finishes the job. Run the application with both keys while it runs.
     """
@@ -103,10 +104,6 @@ def rotate_key_command(
             if not report.ok:
                 raise typer.Exit(int(ExitCode.FAILURE))
             return
-        if old_key is None:
-            raise ConfigurationError(
-                f"rotate-key needs the previous key in {ENV_OLD_KEY} (or {ENV_OLD_KEY_FILE})"
-            )
         total = rotation.count_encrypted_values(conn)
         with _progress() as progress:
             task = progress.add_task("re-encrypting", total=total)
@@ -122,16 +119,23 @@ def rotate_key_command(
             {
                 "values": result.values_seen,
                 "reencrypted": result.values_reencrypted,
+                "data_keys": result.data_keys_seen,
+                "data_keys_rewrapped": result.data_keys_rewrapped,
                 "batches": result.batches,
                 "new_key": new_key.fingerprint,
-                "old_key": old_key.fingerprint,
+                "old_key": None if old_key is None else old_key.fingerprint,
             }
         )
         return
     console.print(
-        f"[green]✓[/] {result.values_seen} encrypted values now under key "
+        f"[green]✓[/] {result.data_keys_seen} data keys wrapped by master key "
+        f"{new_key.fingerprint} ({result.data_keys_rewrapped} re-wrapped)"
+    )
+    console.print(
+        f"[green]✓[/] {result.values_seen} encrypted values now under data keys, master key "
         f"{new_key.fingerprint} ({result.values_reencrypted} re-encrypted from "
-        f"{old_key.fingerprint}, {result.batches} batches)"
+        f"{'the previous format' if old_key is None else old_key.fingerprint}, "
+        f"{result.batches} batches)"
     )
 
 
@@ -141,6 +145,9 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             {
                 "ok": report.ok,
                 "checked_old_key": report.checked_old_key,
+                "data_keys": report.data_keys,
+                "data_keys_ok": report.data_keys_ok,
+                "data_keys_old_key": report.data_keys_old,
                 "columns": [
                     {
                         "column": c.column,
@@ -148,6 +155,8 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
                         "ok": c.ok,
                         "old_key": c.old_key,
                         "unreadable": c.unreadable,
+                        "legacy_format": c.legacy,
+                        "direct_master_key": c.direct,
                         "sample_ids": [str(i) for i in c.sample],
                     }
                     for c in report.columns
@@ -155,11 +164,20 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             }
         )
         return
+    mark = "[green]✓[/]" if report.data_keys_ok == report.data_keys else "[red]✗[/]"
+    console.print(
+        f"{mark} organization data keys: {report.data_keys_ok}/{report.data_keys} wrapped by "
+        f"the new master key, {report.data_keys_old} by the old one"
+    )
     for c in report.columns:
         mark = "[green]✓[/]" if c.ok == c.total else "[red]✗[/]"
-        line = f"{mark} {escape(c.column)}: {c.ok}/{c.total} under the new key only"
+        line = f"{mark} {escape(c.column)}: {c.ok}/{c.total} under data keys of the new key only"
         if c.old_key:
             line += f", {c.old_key} still open with the old key"
+        if c.legacy:
+            line += f", {c.legacy} still in the previous (OpenPGP) format"
+        if c.direct:
+            line += f", {c.direct} directly under the master key"
         if c.unreadable:
             line += f", {c.unreadable} open with neither key"
         if c.sample:

@@ -40,6 +40,7 @@ from uuid import UUID
 
 from pydantic import SecretStr
 
+from agentapi_db.crypto.ring import KeyRing, ring_for
 from agentapi_db.errors import (
     AgentApiDbError,
     ConfigurationError,
@@ -133,13 +134,13 @@ class OpContext:
             )
         return self.key
 
-    def key_params(self) -> dict[str, object]:
-        """``key`` and ``old_key`` bind parameters for the decrypting statements."""
-        key = self.require_key()
-        return {
-            "key": key.sql_value,
-            "old_key": None if self.old_key is None else self.old_key.sql_value,
-        }
+    def ring(self) -> KeyRing:
+        """The keys to encrypt with (``key``) and decrypt with (``key``, ``old_key``).
+
+        Encryption and decryption happen here, in the application process: no
+        key and no plaintext token is ever sent to PostgreSQL.
+        """
+        return ring_for(self.require_key(), self.old_key)
 
     def acting_user(self, user_id: UUID | None, what: str) -> UUID:
         """``user_id`` if given, else the acting user; the service must always say whom."""
@@ -235,9 +236,13 @@ def paginate(rows: list[Row], limit: int, ts_field: str) -> tuple[list[Row], str
 
 
 def read_key_params(ctx: OpContext, decrypt: bool) -> dict[str, object]:
-    """``decrypt``, ``key`` and ``old_key`` parameters of a statement that may decrypt."""
-    keys = ctx.key_params() if decrypt else {"key": None, "old_key": None}
-    return {"decrypt": decrypt, **keys}
+    """The ``decrypt`` parameter of a statement that may return ciphertexts.
+
+    Asking to decrypt without a key fails here, before any statement runs.
+    """
+    if decrypt:
+        ctx.require_key()
+    return {"decrypt": decrypt}
 
 
 def reveal(secret: str | SecretStr | None) -> str | None:

@@ -2,10 +2,10 @@
 
 Inputs are validated in Python (:class:`~agentapi_db.models.McpConfigSpec`, same rule
 names as the schema's constraints) before any statement runs. A bearer token is
-encrypted in the database on write (``encrypt_token(token, key)``, both bind
-parameters) and decrypted only when asked: ``get(..., decrypt=True)``,
-``get_secret(...)`` or ``list_effective(decrypt=True)``; results otherwise carry
-``bearer_token=None`` and ``has_bearer_token``.
+encrypted in the application process before it is written (the statement only
+carries its ciphertext) and decrypted, again in the process, only when asked:
+``get(..., decrypt=True)``, ``get_secret(...)`` or ``list_effective(decrypt=True)``;
+results otherwise carry ``bearer_token=None`` and ``has_bearer_token``.
 
 Scope: ``scope="user"`` (default) makes a personal config of the acting user (or
 ``user_id``); ``scope="organization"`` an org-wide one, which only an admin (or
@@ -42,6 +42,7 @@ from agentapi_db.ops._core import (
     read_key_params,
     reveal,
 )
+from agentapi_db.ops._secrets import Sealer, open_rows, org_sealer
 
 __all__ = ["create", "delete", "get", "get_secret", "list_configs", "list_effective", "update"]
 
@@ -56,7 +57,9 @@ def _spec(fields: dict[str, Any]) -> McpConfigSpec:
         raise invalid_input_from(exc) from None
 
 
-def _write_params(ctx: OpContext, spec: McpConfigSpec, token: str | None) -> dict[str, object]:
+def _write_params(
+    spec: McpConfigSpec, token: str | None, sealer: Sealer | None
+) -> dict[str, object]:
     return {
         "name": spec.name,
         "type": spec.type,
@@ -65,8 +68,7 @@ def _write_params(ctx: OpContext, spec: McpConfigSpec, token: str | None) -> dic
         "args": Jsonb(list(spec.args)),
         "env": Jsonb(dict(spec.env)),
         "auth_type": spec.auth_type,
-        "bearer_token": token,
-        "key": ctx.require_key().sql_value if token is not None else None,
+        "bearer_token": sealer.seal(token) if sealer is not None and token is not None else None,
         "oauth_provider": spec.oauth_provider,
         "enabled": spec.enabled,
     }
@@ -112,14 +114,22 @@ def create(
         owner = ctx.acting_user(user_id, "mcp.create")
     else:
         raise InvalidInput("scope must be 'user' or 'organization'", rule="scope")
-    params = _write_params(ctx, spec, reveal(spec.bearer_token))
+    token = reveal(spec.bearer_token)
+    sealer = None
+    if token is not None:
+        # The organization's data key encrypts the token, so the row's organization
+        # is resolved first (given, else the owner's, else the acting user's).
+        sealer = yield from org_sealer(ctx.ring(), organization_id=organization_id,
+                                       user_id=owner)
+        organization_id = sealer.organization_id
+    params = _write_params(spec, token, sealer)
     params.update({"organization_id": organization_id, "user_id": owner})
     row = yield from one("mcp.create", Q.MCP_INSERT, params, writes=True, sensitive=True)
     return McpConfiguration.model_validate(row)
 
 
 def _visible(config_id: UUID) -> dict[str, object]:
-    return {"id": config_id, "decrypt": False, "key": None, "old_key": None}
+    return {"id": config_id, "decrypt": False}
 
 
 def update(
@@ -175,7 +185,10 @@ def update(
     else:
         merged["bearer_token"] = None
     spec = _spec(merged)
-    params = _write_params(ctx, spec, token if action == "set" else None)
+    sealer = None
+    if action == "set":
+        sealer = yield from org_sealer(ctx.ring(), organization_id=current["organization_id"])
+    params = _write_params(spec, token if action == "set" else None, sealer)
     params.update({"id": config_id, "token_action": action})
     row = yield from one("mcp.update", Q.MCP_UPDATE, params, writes=True, sensitive=True)
     if row is None:  # pragma: no cover - the row is locked, so it cannot vanish
@@ -191,6 +204,8 @@ def get(
     row = yield from one("mcp.get", Q.MCP_GET, params, sensitive=decrypt)
     if row is None:
         raise NotFound("MCP configuration not found")
+    if decrypt:
+        yield from open_rows(ctx.ring(), [row], "bearer_token")
     return McpConfiguration.model_validate(row)
 
 
@@ -221,6 +236,8 @@ def list_effective(
     params = {"user_id": uid, **read_key_params(ctx, decrypt)}
     rows = yield from all_rows("mcp.list_effective", Q.MCP_LIST_EFFECTIVE, params,
                                sensitive=decrypt)
+    if decrypt:
+        rows = yield from open_rows(ctx.ring(), rows, "bearer_token")
     return [EffectiveMcpConfiguration.model_validate(r) for r in rows]
 
 

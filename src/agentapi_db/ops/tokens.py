@@ -1,9 +1,9 @@
 """OAuth tokens of a user for an MCP configuration: store (insert or replace), get, delete.
 
 ``store`` is one atomic ``INSERT ... ON CONFLICT DO UPDATE`` on the unique key
-(user, organization, configuration); access and refresh tokens are encrypted by
-``encrypt_token`` in the database with the key as a bind parameter. ``get``
-decrypts only with ``decrypt=True``. A user handles only their own tokens, for
+(user, organization, configuration); access and refresh tokens are encrypted in the
+application process, and the statement carries only their ciphertexts. ``get``
+decrypts (in the process) only with ``decrypt=True``. A user handles only their own tokens, for
 configurations they can see.
 """
 
@@ -19,7 +19,15 @@ from pydantic import SecretStr
 from agentapi_db import queries as Q
 from agentapi_db.errors import InvalidInput, NotFound, rule_message
 from agentapi_db.models import OAuthToken
-from agentapi_db.ops._core import OpContext, Query, all_rows, one, read_key_params, reveal
+from agentapi_db.ops._core import (
+    OpContext,
+    Query,
+    all_rows,
+    one,
+    read_key_params,
+    reveal,
+)
+from agentapi_db.ops._secrets import open_rows, org_sealer
 
 __all__ = ["delete", "get", "list_tokens", "store"]
 
@@ -47,13 +55,14 @@ def store(
         raise InvalidInput("access_token must not be empty", rule="access_token")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidInput("expires_at must be timezone-aware", rule="expires_at")
+    # The token belongs to the user's organization: its data key encrypts it.
+    sealer = yield from org_sealer(ctx.ring(), user_id=uid)
     params = {
         "user_id": uid,
         "mcp_configuration_id": mcp_configuration_id,
         "oauth_provider": oauth_provider,
-        "access_token": access,
-        "refresh_token": reveal(refresh_token) or None,
-        "key": ctx.require_key().sql_value,
+        "access_token": sealer.seal(access),
+        "refresh_token": sealer.seal_optional(reveal(refresh_token) or None),
         "token_type": token_type,
         "scope": scope,
         "expires_at": expires_at,
@@ -84,6 +93,8 @@ def get(
     row = yield from one("tokens.get", Q.OAUTH_GET, params, sensitive=decrypt)
     if row is None:
         raise NotFound("OAuth token not found")
+    if decrypt:
+        yield from open_rows(ctx.ring(), [row], "access_token", "refresh_token")
     return OAuthToken.model_validate(row)
 
 
