@@ -15,7 +15,7 @@ from agentapi_db.cli.app import app
 # Command modules, in the order their commands appear. Optional ones may be absent
 # from a checkout (they are skipped only when the module itself does not exist; an
 # ImportError raised *inside* an existing module is a bug and propagates).
-_COMMAND_MODULES = ("migrate", "logins", "localdb", "admin", "keys", "ops")
+_COMMAND_MODULES = ("migrate", "logins", "localdb", "admin", "keys", "ops", "ha")
 
 
 def _load_commands() -> None:
