@@ -1,4 +1,4 @@
-"""``agentapi-db ha up|status|down|switchover``: a local HA pair (pg_auto_failover)."""
+"""``agentapi-db ha ...`` (a local HA pair, pg_auto_failover) and ``pitr ...`` (pgBackRest)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from agentapi_db.cli.app import JsonOption, app, console, err_console, handles_errors, print_json
+from agentapi_db.cli.app import (
+    ExitCode,
+    JsonOption,
+    app,
+    console,
+    err_console,
+    fail,
+    handles_errors,
+    print_json,
+)
 from agentapi_db.ha.engine import HaCluster, HaStatus
+from agentapi_db.ha.pitr import BACKUP_TYPES, Pitr, parse_target_time
 
 ha_app = typer.Typer(
     help="A local primary + synchronous standby under pg_auto_failover (dev and tests).",
@@ -65,8 +75,6 @@ def status_command(data_dir: DataDirOption = None, json_output: JsonOption = Fal
     """Show the nodes (role, state, ports, pids) and the URLs."""
     cluster = HaCluster(data_dir)
     if not cluster.initialized():
-        from agentapi_db.cli.app import ExitCode, fail
-
         fail(f"no HA pair in {cluster.data_dir}; run `agentapi-db ha up`", ExitCode.UNAVAILABLE)
     _show(cluster.status(), json_output)
 
@@ -91,3 +99,107 @@ def down_command(
         print_json({"stopped": was_running, "purged": purge})
     else:
         console.print("[green]✓[/] HA pair stopped" + (" and deleted" if purge else ""))
+
+
+# --------------------------------------------------------------------------- pitr
+
+pitr_app = typer.Typer(
+    help="Point-in-time recovery with pgBackRest: backup, list, restore.", no_args_is_help=True
+)
+app.add_typer(pitr_app, name="pitr")
+
+ClusterDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The cluster's data dir (default: the local database's, see `agentapi-db up`).",
+        show_default=False,
+    ),
+]
+RepoOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo",
+        help="The pgBackRest repository dir (default: `pgbackrest` next to the data dir).",
+        show_default=False,
+    ),
+]
+
+
+def _pitr(data_dir: Path | None, repo: Path | None) -> Pitr:
+    from agentapi_db.local import local_cluster
+
+    return Pitr(local_cluster(data_dir), repo)
+
+
+@pitr_app.command("backup")
+@handles_errors
+def backup_command(
+    data_dir: ClusterDirOption = None,
+    repo: RepoOption = None,
+    kind: Annotated[
+        str, typer.Option("--type", help="full, diff (since the last full) or incr.")
+    ] = "full",
+    json_output: JsonOption = False,
+) -> None:
+    """Take a backup; turns WAL archiving on first (one restart the first time)."""
+    if kind not in BACKUP_TYPES:
+        fail(f"--type must be one of {', '.join(BACKUP_TYPES)}", ExitCode.USAGE)
+    info = _pitr(data_dir, repo).backup(kind)
+    if json_output:
+        print_json(info.as_dict())
+    else:
+        console.print(f"[green]✓[/] {info.type} backup {info.label} (stopped {info.stopped})")
+
+
+@pitr_app.command("list")
+@handles_errors
+def list_command(
+    data_dir: ClusterDirOption = None, repo: RepoOption = None, json_output: JsonOption = False
+) -> None:
+    """List the backups and the recoverable window."""
+    info = _pitr(data_dir, repo).info()
+    if json_output:
+        print_json(info.as_dict())
+        return
+    table = Table("label", "type", "started", "stopped", "size")
+    for b in info.backups:
+        table.add_row(b.label, b.type, b.started or "-", b.stopped or "-", str(b.size or "-"))
+    console.print(table)
+    console.print(
+        f"recoverable from {info.recoverable_from or '-'} to {info.recoverable_to or '-'} "
+        f"(WAL {info.wal_min or '-'} .. {info.wal_max or '-'})"
+    )
+
+
+@pitr_app.command("restore")
+@handles_errors
+def restore_command(
+    to: Annotated[str, typer.Option("--to", help="Target time, ISO 8601 (no zone: UTC).")],
+    into: Annotated[Path, typer.Option("--into", help="A new, empty data dir for the copy.")],
+    data_dir: ClusterDirOption = None,
+    repo: RepoOption = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default: a free one).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Restore the database as it was at --to into a new data dir and start it there.
+
+    The source cluster is not touched; the copy archives nothing.
+    """
+    try:
+        target = parse_target_time(to)
+    except ValueError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    restored = _pitr(data_dir, repo).restore(target, into, port)
+    url = restored.url("agentapi")
+    result: dict[str, object] = {
+        "data_dir": str(restored.data_dir),
+        "port": restored.port,
+        "target": target.isoformat(),
+        "superuser_url": url,
+    }
+    if json_output:
+        print_json(result)
+    else:
+        console.print(f"[green]✓[/] restored to {target.isoformat()} in {escape(str(into))}")
+        console.print(f"  url: {escape(url)}", soft_wrap=True)
