@@ -136,3 +136,32 @@ def test_restore_refuses_bad_input(source: LocalCluster, tmp_path: Path) -> None
     assert "Traceback" not in result.stderr
     result = _cli("pitr", "backup", "--data-dir", str(source.data_dir), "--type", "weekly")
     assert result.returncode == 2 and "--type" in result.stderr
+
+
+def test_schedule_prints_backup_timers(source: LocalCluster) -> None:
+    config = source.data_dir.parent / "pgbackrest" / "pgbackrest.conf"
+    result = _cli("schedule", "--backups", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)["backups"]
+    cron = [line for line in data["cron_d"] if not line.startswith(("#", "SHELL", "PATH"))]
+    assert cron == [
+        f"30 1 * * 0 postgres pgbackrest --config={config} --stanza=agentapi backup --type=full",
+        f"30 1 * * 1-6 postgres pgbackrest --config={config} --stanza=agentapi backup --type=diff",
+    ]
+    assert "OnCalendar=Sun *-*-* 01:30:00" in data["systemd"]["agentapi-db-backup-full.timer"]
+    assert "User=postgres" in data["systemd"]["agentapi-db-backup-diff.service"]
+    # the printed command is one pgBackRest runs: a diff backup against the test's repo
+    listed = json.loads(_cli("pitr", "list", "--data-dir", str(source.data_dir), "--json").stdout)
+    if not listed["backups"]:  # run alone: a diff needs a full backup first
+        assert _cli("pitr", "backup", "--data-dir", str(source.data_dir)).returncode == 0
+    argv = cron[1].split(" postgres ", 1)[1].split()
+    run = subprocess.run(
+        ["setpriv", "--reuid", "postgres", "--regid", "postgres", "--init-groups", *argv]
+        if os.geteuid() == 0 else argv,
+        capture_output=True, text=True, check=False, timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PG")},
+        cwd=source.data_dir.parent,
+    )
+    assert run.returncode == 0, run.stderr
+    info = _cli("pitr", "list", "--data-dir", str(source.data_dir), "--json")
+    assert json.loads(info.stdout)["backups"][-1]["type"] == "diff"

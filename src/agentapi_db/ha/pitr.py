@@ -284,3 +284,62 @@ class Pitr:
                     f"the restored cluster did not finish recovery; see {restored.log_file}"
                 )
             time.sleep(0.3)
+
+
+# --------------------------------------------------------------------------- schedule
+
+FULL_BACKUP_CRON = "30 1 * * 0"
+"""Default: a full backup on Sundays at 01:30."""
+DIFF_BACKUP_CRON = "30 1 * * 1-6"
+"""Default: a differential backup the other days at 01:30."""
+FULL_BACKUP_CALENDAR = "Sun *-*-* 01:30:00"
+DIFF_BACKUP_CALENDAR = "Mon..Sat *-*-* 01:30:00"
+
+
+def _backup_argv(config: Path, kind: str) -> str:
+    return f"pgbackrest --config={config} --stanza={STANZA} backup --type={kind}"
+
+
+def backup_cron_lines(
+    config: Path, full: str = FULL_BACKUP_CRON, diff: str = DIFF_BACKUP_CRON
+) -> list[str]:
+    """Lines for ``/etc/cron.d/agentapi-db-backups`` (with the user field: postgres).
+
+    pg_cron cannot run pgBackRest (it runs SQL inside the server), so backups are
+    always scheduled by the machine's cron or systemd, as the ``postgres`` OS user.
+    """
+    return [
+        "# /etc/cron.d/agentapi-db-backups: pgBackRest backups (WAL is archived continuously)",
+        "SHELL=/bin/sh",
+        "PATH=/usr/bin:/bin",
+        f"{full} postgres {_backup_argv(config, 'full')}",
+        f"{diff} postgres {_backup_argv(config, 'diff')}",
+    ]
+
+
+def backup_systemd_units(
+    config: Path, full: str = FULL_BACKUP_CALENDAR, diff: str = DIFF_BACKUP_CALENDAR
+) -> dict[str, str]:
+    """``/etc/systemd/system`` unit files (name → text) for the same two backups."""
+    units: dict[str, str] = {}
+    for kind, calendar in (("full", full), ("diff", diff)):
+        name = f"agentapi-db-backup-{kind}"
+        units[f"{name}.service"] = (
+            "[Unit]\n"
+            f"Description=agentapi-db pgBackRest {kind} backup\n"
+            "After=postgresql.service\n\n"
+            "[Service]\n"
+            "Type=oneshot\n"
+            "User=postgres\n"
+            f"ExecStart=/usr/bin/{_backup_argv(config, kind)}\n"
+        )
+        units[f"{name}.timer"] = (
+            "[Unit]\n"
+            f"Description=agentapi-db pgBackRest {kind} backup, on schedule\n\n"
+            "[Timer]\n"
+            f"OnCalendar={calendar}\n"
+            "Persistent=true\n\n"
+            "[Install]\n"
+            "WantedBy=timers.target\n"
+        )
+    return units
