@@ -6,6 +6,7 @@ switches a node ends with a healthy primary + secondary again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from agentapi_db.db import Database
+from agentapi_db.db import AsyncDatabase, Database
 from agentapi_db.errors import DatabaseUnavailable, PermissionDenied, Unavailable
 from agentapi_db.ha.engine import HaCluster, multi_host_url
 from agentapi_db.local import LOCAL_LOGIN
@@ -145,6 +146,25 @@ def test_read_only_blocks_go_to_the_standby(db: Database, tenants: list[UUID]) -
         tenants[0], read_only=True
     ) as tx:
         tx.sessions.create(workspace_path="/ro")
+
+
+def test_async_database_routes_and_refuses_alike(ha_pair: HaCluster, tenants: list[UUID]) -> None:
+    standby_url = multi_host_url([ha_pair.status().node("standby").port], LOCAL_LOGIN, "any")
+
+    async def scenario() -> None:
+        async with AsyncDatabase(ha_pair.url(), read_url=ha_pair.read_url()) as adb:
+            async with adb.as_user(tenants[2], read_only=True) as tx:
+                cur = await tx.connection.execute("SELECT pg_is_in_recovery()")
+                assert await cur.fetchone() == (True,)
+            async with adb.as_user(tenants[2]) as tx:
+                cur = await tx.connection.execute("SELECT pg_is_in_recovery()")
+                assert await cur.fetchone() == (False,)
+        async with AsyncDatabase(standby_url, min_size=1, max_size=1, timeout=2.0) as guarded:
+            with pytest.raises(DatabaseUnavailable):
+                async with guarded.as_service() as tx:
+                    await tx.connection.execute("SELECT 1")
+
+    asyncio.run(scenario())
 
 
 def test_pool_never_lends_a_standby(ha_pair: HaCluster) -> None:

@@ -39,15 +39,6 @@ BEGIN_READ_ONLY: Final[LiteralString] = "BEGIN READ ONLY"
 COMMIT: Final[LiteralString] = "COMMIT"
 ROLLBACK: Final[LiteralString] = "ROLLBACK"
 
-# The pool's check before lending a connection of a read-write pool: a server that
-# is in recovery (a standby) or read-only (pg_auto_failover's primary while it is
-# demoted or promoted) must not get writes. One round trip, like the empty query
-# psycopg_pool's own check sends.
-CHECK_WRITABLE: Final[LiteralString] = (
-    "SELECT NOT pg_catalog.pg_is_in_recovery() "
-    "AND NOT pg_catalog.current_setting('transaction_read_only')::boolean"
-)
-
 # ---------------------------------------------------------------------------
 # organizations
 # ---------------------------------------------------------------------------
