@@ -17,7 +17,9 @@ SQLSTATE                                       exception
 null, 22P02 invalid text, other class 22        or the column / SQLSTATE name)
 39000 "Wrong key or corrupt data", 39000/      :class:`DecryptionError`
 22023 from decrypting a corrupt ciphertext
-08xxx, pool timeout                            :class:`DatabaseUnavailable`
+connection lost, 08xxx, 57P01-57P03,           :class:`Unavailable` (retryable; a
+25006 read-only (a failover under way)          :class:`DatabaseUnavailable`)
+pool timeout, pool closed                      :class:`DatabaseUnavailable`
 40001 / 40P01                                  :class:`TransactionConflict` (retry it)
 anything else                                  :class:`AgentApiDbError` (``sqlstate`` set)
 =============================================  =========================================
@@ -26,7 +28,6 @@ anything else                                  :class:`AgentApiDbError` (``sqlst
 from __future__ import annotations
 
 import psycopg
-from psycopg import errors as pg_errors
 
 __all__ = [
     "AgentApiDbError",
@@ -38,6 +39,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "TransactionConflict",
+    "Unavailable",
     "from_psycopg",
 ]
 
@@ -88,6 +90,28 @@ class DecryptionError(AgentApiDbError):
 
 class DatabaseUnavailable(AgentApiDbError):
     """The database could not be reached (connection failure or pool timeout)."""
+
+
+class Unavailable(DatabaseUnavailable):
+    """The server went away or cannot take this transaction now: retryable.
+
+    Raised when a connection is lost or refused (a crash, a failover, a restart,
+    ``pg_terminate_backend``), when the server shuts down, and when a write reaches
+    a server that has become read-only (a demoted primary). The transaction was
+    not committed, except when ``during_commit`` is true: then the connection was
+    lost while ``COMMIT`` was in flight and the outcome is unknown (with
+    synchronous replication a commit that was acknowledged is on the standby;
+    one that was not may or may not be). Retry only blocks that are safe to run
+    twice (:func:`agentapi_db.retry.retry`).
+    """
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, sqlstate: str | None = None, during_commit: bool = False
+    ) -> None:
+        super().__init__(message, sqlstate=sqlstate)
+        self.during_commit = during_commit
 
 
 class TransactionConflict(AgentApiDbError):
@@ -181,6 +205,10 @@ _INVALID_INPUT_STATES: dict[str, str] = {
 }
 
 
+# admin_shutdown, crash_shutdown, cannot_connect_now
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 def rule_message(rule: str) -> str:
     """The human description of a named rule (constraint) of the schema."""
     text = _RULE_MESSAGES.get(rule)
@@ -217,7 +245,7 @@ def from_psycopg(exc: BaseException) -> AgentApiDbError:
     table = diag.table_name
     if state is None:
         if isinstance(exc, psycopg.OperationalError):
-            return DatabaseUnavailable("the database connection failed")
+            return Unavailable("the database connection failed or was lost")
         return AgentApiDbError(f"database driver error ({type(exc).__name__})")
     if _is_decryption_failure(exc):
         return DecryptionError(
@@ -251,8 +279,13 @@ def from_psycopg(exc: BaseException) -> AgentApiDbError:
             "the transaction conflicted with another one and was rolled back; retry it",
             sqlstate=state,
         )
-    if state.startswith("08") or isinstance(exc, pg_errors.AdminShutdown):
-        return DatabaseUnavailable("the database connection failed", sqlstate=state)
+    if state.startswith("08") or state in _UNAVAILABLE_STATES:
+        return Unavailable("the database connection failed or was lost", sqlstate=state)
+    if state == "25006":
+        return Unavailable(
+            "the server is read-only (a standby, or a primary being demoted); retry",
+            sqlstate=state,
+        )
     if state == "25P02":
         return AgentApiDbError(
             "the transaction already failed; leave the block and start a new one",

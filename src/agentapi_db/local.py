@@ -50,6 +50,7 @@ __all__ = [
     "LOCAL_LOGIN",
     "LocalStatus",
     "ensure_local_database",
+    "ensure_login",
     "local_cluster",
     "local_status",
     "stop_local_database",
@@ -118,14 +119,15 @@ def ensure_local_database(*, superuser: bool = False, data_dir: Path | None = No
                 f"{exc} (local database in {cluster.data_dir}: `agentapi-db down --purge` "
                 "deletes it, then `agentapi-db up` builds a new one)"
             ) from exc
-        _ensure_login(admin_url)
+        ensure_login(admin_url)
         _ensure_context_key(cluster)
     if superuser:
         return cluster.url(LOCAL_DATABASE)
     return cluster.url(LOCAL_DATABASE, user=LOCAL_LOGIN)
 
 
-def _ensure_login(admin_url: str) -> None:
+def ensure_login(admin_url: str) -> None:
+    """Create or re-assert the local login (used by the HA pair too, see agentapi_db.ha)."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         exists = conn.execute(_SQL_ROLE_EXISTS, (LOCAL_LOGIN,)).fetchone() is not None
         stmt = _SQL_ALTER_LOGIN if exists else _SQL_CREATE_LOGIN

@@ -41,6 +41,7 @@ CONTEXT_AS_SERVICE: Final[LiteralString] = "SELECT set_config('role', 'agentapi_
 # by these statements, so that BEGIN and the context statement above travel in one
 # pipeline (one round trip); psycopg's own BEGIN waits for its reply first.
 BEGIN: Final[LiteralString] = "BEGIN"
+BEGIN_READ_ONLY: Final[LiteralString] = "BEGIN READ ONLY"
 COMMIT: Final[LiteralString] = "COMMIT"
 ROLLBACK: Final[LiteralString] = "ROLLBACK"
 

@@ -16,7 +16,7 @@ from agentapi_db.cli.app import app
 # from a checkout (they are skipped only when the module itself does not exist; an
 # ImportError raised *inside* an existing module is a bug and propagates).
 _COMMAND_MODULES = (
-    "migrate", "logins", "contextkeys", "localdb", "admin", "keys", "ops", "datakeys",
+    "migrate", "logins", "contextkeys", "localdb", "admin", "keys", "ops", "datakeys", "ha",
 )
 
 

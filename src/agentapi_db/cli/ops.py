@@ -392,9 +392,23 @@ def schedule_command(
     no_retention: Annotated[
         bool, typer.Option("--no-retention", help="Do not schedule retention (and unschedule it).")
     ] = False,
+    backups: Annotated[
+        str | None,
+        typer.Option(
+            "--backups",
+            help="Print the pgBackRest backup schedule for this pgbackrest.conf instead "
+            "(/etc/cron.d lines and systemd timers; pg_cron cannot run pgBackRest). "
+            "Needs no database.",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Schedule session cleanup, audit partition upkeep, retention and statistics.
+
+    --backups CONFIG prints a weekly full and daily differential pgBackRest backup
+    instead, as cron.d lines and systemd units to install (printed, never installed;
+    `agentapi-db pitr backup` writes CONFIG).
 
     With the pg_cron extension in the database: registers (or updates) the jobs
     agentapi-session-cleanup, agentapi-audit-partitions, agentapi-audit-retention,
@@ -402,6 +416,9 @@ def schedule_command(
     running it again does not duplicate them. Without pg_cron: prints equivalent
     crontab lines and exits 0.
     """
+    if backups is not None:
+        _print_backup_schedule(Path(backups), json_output)
+        return
     with opsdb.connect(resolve_database_url(database_url)) as conn:
         jobs = schedule.wanted_jobs(
             conn,
@@ -438,6 +455,26 @@ def schedule_command(
     for name in result.unscheduled:
         console.print(f"[yellow]-[/] {name} unscheduled")
     console.print(f"registered with pg_cron {result.pg_cron_version}")
+
+
+def _print_backup_schedule(config: Path, json_output: bool) -> None:
+    from agentapi_db.ha import pitr
+
+    cron = pitr.backup_cron_lines(config)
+    units = pitr.backup_systemd_units(config)
+    if json_output:
+        print_json({"backups": {"cron_d": cron, "systemd": units}})
+        return
+    err_console.print("[dim]pgBackRest backups: /etc/cron.d/agentapi-db-backups[/]")
+    for line in cron:
+        typer.echo(line)
+    err_console.print(
+        "[dim]or systemd (then `systemctl enable --now agentapi-db-backup-full.timer "
+        "agentapi-db-backup-diff.timer`):[/]"
+    )
+    for name, text in units.items():
+        typer.echo(f"# /etc/systemd/system/{name}")
+        typer.echo(text)
 
 
 def _print_jobs(
