@@ -23,7 +23,7 @@ import pytest
 from agentapi_db.cluster import LocalCluster
 from agentapi_db.db import Database
 from agentapi_db.ha.pitr import PGBACKREST_HINT
-from agentapi_db.local import LOCAL_DATABASE, ensure_local_database
+from agentapi_db.local import LOCAL_DATABASE, ensure_local_database, local_context_key
 from tests.ha_fixtures import ha_dir
 
 # Everything a tenant owns that the snapshot compares, row by row.
@@ -75,7 +75,10 @@ def test_restore_to_a_time_brings_back_exactly_that_data(source: LocalCluster) -
     data_dir = str(source.data_dir)
     app_url = source.url(LOCAL_DATABASE, user="agentapi_local")
     superuser_url = source.url(LOCAL_DATABASE)
-    db = Database(app_url, min_size=1, max_size=2)
+    # The local database makes a context key: without it the app login acts as nobody.
+    key = local_context_key(source.data_dir)
+    assert key is not None
+    db = Database(app_url, min_size=1, max_size=2, context_key=key)
     try:
         _provision(db, "acme", 3)
         result = _cli("pitr", "backup", "--data-dir", data_dir, "--json")
