@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
 # Install what agentapi-db needs, on Debian/Ubuntu, as root. Idempotent, and quick
-# when everything is already there (apt is not touched then).
+# when everything is already there (apt is not touched then). Every step checks the
+# FILES that the build and the tests use, never a package name or a neighbouring file:
 #
-#   * PostgreSQL >= 15 server with contrib (pgcrypto, uuid-ossp) and psql
+#   * PostgreSQL >= 15 server (initdb, postgres, pg_ctl, psql, pg_config) with contrib
+#     (pgcrypto, uuid-ossp: control file and .so)
 #   * pgbouncer
-#   * pg_cron for the installed server version
-#   * ext/agentapi_identity, built with PGXS (postgresql-server-dev) and installed
-#   * this package, editable, with the dev extras
+#   * pg_cron for the installed server version (pg_cron.so, pg_cron.control)
+#   * ext/agentapi_identity, the optional identity cache: gcc, make, the server
+#     headers ($(pg_config --includedir-server)/postgres.h, from
+#     postgresql-server-dev-<major>), then the extension's .so and control file
+#   * this package, editable, with the dev extras (checked by importing its modules)
+#
+# The identity cache is optional: if it cannot be built, agentapi-db works with the
+# portable identity helpers and this script says so in one line. With
+# --require-identity-cache (what scripts/test.sh passes) that is an error instead.
+#
+# Note: on Debian 12, installing postgresql-server-dev-15 also upgrades the server
+# package postgresql-15 to the same (newer) point release, e.g. 15.18 -> 15.20.
 #
 # Debian's packages create and may start a default cluster ("main" on port 5432).
 # We leave it alone: agentapi-db and the tests run their own clusters on free ports.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+require_identity=0
+for arg in "$@"; do
+  case "$arg" in
+    --require-identity-cache) require_identity=1 ;;
+    *) printf 'install-deps: unknown argument %s\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 PY=${PYTHON:-python3}
 log() { printf 'install-deps: %s\n' "$*" >&2; }
@@ -27,8 +46,6 @@ as_root() {
   else log "need root to run: $*"; exit 1
   fi
 }
-
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 apt_updated=0
 apt_install() {
@@ -55,65 +72,74 @@ pg_major() {
   printf '%s' "$best"
 }
 
-has_contrib() {
-  local ext=/usr/share/postgresql/$1/extension
-  [ -f "$ext/pgcrypto.control" ] && [ -f "$ext/uuid-ossp.control" ]
+# --- PostgreSQL server + contrib --------------------------------------------------
+server_ok() {
+  local bin=/usr/lib/postgresql/$1/bin share=/usr/share/postgresql/$1/extension
+  local lib=/usr/lib/postgresql/$1/lib f
+  for f in "$bin"/initdb "$bin"/postgres "$bin"/pg_ctl "$bin"/psql "$bin"/pg_config; do
+    [ -x "$f" ] || return 1
+  done
+  for f in "$share"/pgcrypto.control "$share"/uuid-ossp.control "$lib"/pgcrypto.so "$lib"/uuid-ossp.so; do
+    [ -f "$f" ] || return 1
+  done
 }
 
-# --- PostgreSQL server + contrib --------------------------------------------------
 major=$(pg_major)
-if [ -z "$major" ] || ! has_contrib "$major" || ! [ -x "/usr/lib/postgresql/$major/bin/psql" ]; then
+if [ -z "$major" ] || ! server_ok "$major"; then
   if [ -z "$major" ]; then
     if [ "$apt_updated" -eq 0 ]; then as_root apt-get update -qq; apt_updated=1; fi
     if apt-cache show postgresql-15 >/dev/null 2>&1; then
-      apt_install postgresql-15 postgresql-client-15 postgresql-contrib
+      major=15
     else
       apt_install postgresql postgresql-contrib
+      major=$(pg_major)
     fi
-  else
+  fi
+  if [ -n "$major" ]; then
     apt_install "postgresql-$major" "postgresql-client-$major" postgresql-contrib
   fi
   major=$(pg_major)
-  if [ -z "$major" ]; then
-    log "no PostgreSQL >= 15 server after installing; this distribution ships an older one"
+  if [ -z "$major" ] || ! server_ok "$major"; then
+    log "no complete PostgreSQL >= 15 server (with contrib) after installing; this distribution ships an older one"
     exit 1
   fi
 fi
+pg_config_bin=/usr/lib/postgresql/$major/bin/pg_config
 
 # --- pgbouncer, pg_cron -------------------------------------------------------------
 missing=()
 if ! command -v pgbouncer >/dev/null 2>&1 && ! [ -x /usr/sbin/pgbouncer ]; then
   missing+=(pgbouncer)
 fi
-if ! [ -f "/usr/lib/postgresql/$major/lib/pg_cron.so" ]; then
+if ! [ -f "$("$pg_config_bin" --pkglibdir)/pg_cron.so" ] \
+   || ! [ -f "$("$pg_config_bin" --sharedir)/extension/pg_cron.control" ]; then
   missing+=("postgresql-$major-cron")
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 
-# --- agentapi_identity (ext/): the identity-cache extension ---------------------------
+# --- agentapi_identity (ext/): the optional identity-cache extension ------------------
 # Built against the server found above and installed into its directories, so the
 # clusters that the tests, the demo and the benchmark start have it. The schema works
 # without it (portable helpers); with it, the RLS helpers look the acting user up once
-# per transaction. Rebuilt only when its sources change.
-ext_dir=ext/agentapi_identity
-pg_config_bin=/usr/lib/postgresql/$major/bin/pg_config
-pgxs_ok() { [ -x "$pg_config_bin" ] && [ -f "$("$pg_config_bin" --pgxs 2>/dev/null)" ]; }
-if ! pgxs_ok || ! command -v make >/dev/null 2>&1 || ! command -v gcc >/dev/null 2>&1; then
-  apt_install "postgresql-server-dev-$major" make gcc libc6-dev
+# per transaction. scripts/build-identity.sh rebuilds only when its sources change.
+identity_needs=()
+command -v gcc >/dev/null 2>&1 || identity_needs+=(gcc libc6-dev)
+command -v make >/dev/null 2>&1 || identity_needs+=(make)
+[ -f "$("$pg_config_bin" --includedir-server)/postgres.h" ] || identity_needs+=("postgresql-server-dev-$major")
+identity_why=""
+if [ "${#identity_needs[@]}" -gt 0 ] && ! apt_install "${identity_needs[@]}"; then
+  identity_why="could not install ${identity_needs[*]}"
+elif ! bash scripts/build-identity.sh "$pg_config_bin"; then
+  identity_why="building ext/agentapi_identity for PostgreSQL $major failed"
 fi
-ext_want=$(cat "$ext_dir"/Makefile "$ext_dir"/*.control "$ext_dir"/*.sql "$ext_dir"/*.c | sha256sum | cut -d' ' -f1)
-ext_stamp="$("$pg_config_bin" --sharedir)/extension/agentapi_identity.sources-sha256"
-if ! [ -f "$ext_stamp" ] || [ "$(cat "$ext_stamp")" != "$ext_want" ] \
-   || ! [ -f "$("$pg_config_bin" --pkglibdir)/agentapi_identity.so" ]; then
-  log "build and install ext/agentapi_identity for PostgreSQL $major"
-  ext_build=$(mktemp -d)
-  cp "$ext_dir"/Makefile "$ext_dir"/*.control "$ext_dir"/*.sql "$ext_dir"/*.c "$ext_build"/
-  make -s -C "$ext_build" PG_CONFIG="$pg_config_bin" with_llvm=no
-  as_root make -s -C "$ext_build" PG_CONFIG="$pg_config_bin" with_llvm=no install
-  printf '%s\n' "$ext_want" | as_root tee "$ext_stamp" >/dev/null
-  rm -rf "$ext_build"
+if [ -n "$identity_why" ]; then
+  if [ "$require_identity" -eq 1 ]; then
+    log "error: $identity_why, and --require-identity-cache was given"
+    exit 1
+  fi
+  log "identity cache not available ($identity_why): agentapi-db uses the portable identity helpers"
 fi
 
 # --- the Python package -------------------------------------------------------------
@@ -127,8 +153,8 @@ want="$(cat pyproject.toml hatch_build.py | sha256sum | cut -d' ' -f1) $(command
 have_pkg() {
   "$PY" - <<'PYEOF'
 import importlib.util, pathlib, sys
-for mod in ("pytest", "pytest_timeout", "hypothesis", "mypy", "ruff", "psycopg", "psycopg_pool",
-            "pydantic", "typer", "rich"):
+for mod in ("pytest", "pytest_timeout", "hypothesis", "mypy", "ruff", "matplotlib", "psycopg",
+            "psycopg_pool", "pydantic", "typer", "rich"):
     if importlib.util.find_spec(mod) is None:
         sys.exit(1)
 spec = importlib.util.find_spec("agentapi_db")

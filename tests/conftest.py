@@ -19,21 +19,27 @@ which also owns every clone and creates the test logins, in portable mode only: 
 access matrix then runs against what a managed-PostgreSQL user deploys.
 
 A skipped test fails the run unless ``AGENTAPI_ALLOW_SKIPS=1``: a skip proves nothing.
+Tests marked ``requires_pg_cron``, ``requires_pg_auto_failover`` or ``requires_pgbackrest``
+are deselected, not skipped, when the server under test (``agentapi_db.cluster.find_binaries``)
+lacks that component, and the summary says why: Debian 12 packages pg_cron and
+pg_auto_failover for PostgreSQL 15 only, and its pgBackRest 2.45 supports up to 15.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from agentapi_db.cluster import LocalCluster
+from agentapi_db.cluster import ClusterError, LocalCluster, PgBinaries, find_binaries
 from agentapi_db.migrations import migrate
 from tests.pg import (
     DEPLOYER_LOGIN,
@@ -53,6 +59,7 @@ from tests.pg import (
 )
 
 TEMPLATE_DB = "agentapi_template"
+_DESELECTED = pytest.StashKey[list[str]]()
 
 
 @pytest.fixture(scope="session")
@@ -152,6 +159,76 @@ def identity_fn_db(
     yield from _clone_in_mode(request, pg_server, template_db)
 
 
+# pgBackRest releases and the newest PostgreSQL major each supports (only releases
+# checked against their release notes; an unknown release is assumed to support the
+# server, so a real failure shows instead of a silent deselection).
+_PGBACKREST_MAX_MAJOR = {(2, 45): 15}
+
+
+def _pgbackrest_missing(binaries: PgBinaries) -> str | None:
+    exe = shutil.which("pgbackrest")
+    if exe is None:
+        return "pgbackrest is not installed (scripts/install-ha.sh)"
+    out = subprocess.run([exe, "version"], capture_output=True, text=True, check=False).stdout
+    match = re.search(r"(\d+)\.(\d+)", out)
+    release = (int(match.group(1)), int(match.group(2))) if match else None
+    newest = _PGBACKREST_MAX_MAJOR.get(release) if release else None
+    if newest is not None and binaries.major > newest:
+        return f"{out.strip()} supports PostgreSQL up to {newest}, the server is {binaries.major}"
+    return None
+
+
+def _pg_auto_failover_missing(binaries: PgBinaries) -> str | None:
+    if (binaries.bindir / "pg_autoctl").is_file():
+        return None
+    return (
+        f"pg_auto_failover is not installed for PostgreSQL {binaries.major} "
+        f"(no {binaries.bindir / 'pg_autoctl'}; Debian 12 packages it for 15 only)"
+    )
+
+
+def _pg_cron_missing(binaries: PgBinaries) -> str | None:
+    if binaries.has_pg_cron():
+        return None
+    return (
+        f"pg_cron is not installed for PostgreSQL {binaries.version} "
+        f"(no {binaries.pkglibdir / 'pg_cron.so'}; Debian 12 packages it for 15 only)"
+    )
+
+
+# marker -> why the server under test cannot run such tests (None: it can)
+_REQUIREMENTS: dict[str, Callable[[PgBinaries], str | None]] = {
+    "requires_pg_cron": _pg_cron_missing,
+    "requires_pg_auto_failover": _pg_auto_failover_missing,
+    "requires_pgbackrest": _pgbackrest_missing,
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect tests whose marked component is missing for the server under test.
+
+    Deselected, never skipped, and the summary says which and why: the same tests run
+    in scripts/test.sh's PostgreSQL 15 run, where Debian packages these components.
+    """
+    try:
+        binaries = find_binaries()
+    except ClusterError:
+        return  # the cluster fixtures fail the tests with the real error
+    notes: list[str] = []
+    for marker, missing in _REQUIREMENTS.items():
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        if not marked:
+            continue
+        reason = missing(binaries)
+        if reason is None:
+            continue
+        config.hook.pytest_deselected(items=marked)
+        items[:] = [item for item in items if item.get_closest_marker(marker) is None]
+        notes.append(f"{len(marked)} test(s) marked {marker}: {reason}")
+    if notes:
+        config.stash[_DESELECTED] = notes
+
+
 def _skips_fail_the_run() -> bool:
     return os.environ.get("AGENTAPI_ALLOW_SKIPS") != "1"
 
@@ -168,6 +245,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
+    for note in config.stash.get(_DESELECTED, []):
+        terminalreporter.section("deselected", sep="=", yellow=True)
+        terminalreporter.write_line(f"deselected {note}")
     skipped = terminalreporter.stats.get("skipped", [])
     if skipped and _skips_fail_the_run():
         terminalreporter.section("skips fail the run", sep="=", red=True, bold=True)

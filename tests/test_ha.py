@@ -40,6 +40,8 @@ from tests.ha_fixtures import (
 from tests.pg import IDENTITY_MODES, PgServer, TestDatabase, ensure_login_roles, set_identity_mode
 from tests.test_access_matrix import SELECT_CASES, check_case
 
+pytestmark = pytest.mark.requires_pg_auto_failover
+
 __all__ = ["ha_pair"]
 
 RESUME_TARGET_S = 10.0

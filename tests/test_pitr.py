@@ -26,6 +26,8 @@ from agentapi_db.ha.pitr import PGBACKREST_HINT
 from agentapi_db.local import LOCAL_DATABASE, ensure_local_database, local_context_key
 from tests.ha_fixtures import ha_dir
 
+pytestmark = pytest.mark.requires_pgbackrest
+
 # Everything a tenant owns that the snapshot compares, row by row.
 _SNAPSHOT = {
     "organizations": "SELECT id, slug, name FROM organizations ORDER BY id",

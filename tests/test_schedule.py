@@ -75,6 +75,7 @@ def _jobs(cluster: LocalCluster) -> dict[str, tuple[object, ...]]:
         return {str(r[0]): tuple(r[1:]) for r in conn.execute(_JOBS)}
 
 
+@pytest.mark.requires_pg_cron
 def test_schedule_registers_jobs_idempotently(cron_cluster: LocalCluster) -> None:
     env = {"AGENTAPI_DATABASE_URL": cron_cluster.url(CRON_DB)}
     dry = run_cli("schedule", "--dry-run", env=env)
@@ -110,6 +111,7 @@ def test_schedule_registers_jobs_idempotently(cron_cluster: LocalCluster) -> Non
     ]
 
 
+@pytest.mark.requires_pg_cron
 def test_a_registered_job_really_runs(cron_cluster: LocalCluster) -> None:
     """Run the registered cleanup job (rescheduled to @reboot) through pg_cron itself."""
     env = {"AGENTAPI_DATABASE_URL": cron_cluster.url(CRON_DB)}
@@ -132,6 +134,7 @@ def test_a_registered_job_really_runs(cron_cluster: LocalCluster) -> None:
     assert sessions == ["/w/live"]
 
 
+@pytest.mark.requires_pg_cron
 def test_scheduling_user_must_be_able_to_act_as_service(cron_cluster: LocalCluster) -> None:
     server = PgServer(superuser_url=cron_cluster.url())
     out = run_cli(
@@ -141,6 +144,7 @@ def test_scheduling_user_must_be_able_to_act_as_service(cron_cluster: LocalClust
     assert "agentapi_service" in out.stderr
 
 
+@pytest.mark.requires_pg_cron
 def test_preloaded_but_not_created_gives_a_hint(cron_cluster: LocalCluster) -> None:
     server = PgServer(superuser_url=cron_cluster.url())
     with psycopg.connect(cron_cluster.url(CRON_DB), autocommit=True) as conn:

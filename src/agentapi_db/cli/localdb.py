@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import psycopg
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -18,6 +19,7 @@ from agentapi_db.cli.app import (
     handles_errors,
     print_json,
 )
+from agentapi_db.identity import identity_mode
 
 
 @app.command("up")
@@ -47,12 +49,27 @@ def up_command(
         console.print(f"  data dir: {escape(str(status.data_dir))}")
         console.print(f"  url:      {escape(url)}")
         console.print(f"  schema:   version {status.schema_version}")
+        console.print(f"  identity: {_identity_line(url)}")
         console.print(f"  use it:   export AGENTAPI_DATABASE_URL={escape(url)}", soft_wrap=True)
     if demo:
         # imported here: it pulls in the whole library
         from agentapi_db import demo as demo_module
 
         demo_module.run_demo(url, json_output=json_output, console=console)
+
+
+def _identity_line(url: str) -> str:
+    """One line on how RLS finds the acting user here (the cache is optional)."""
+    with psycopg.connect(url) as conn:
+        found = identity_mode(conn)
+    if found.mode == "cache":
+        return f"identity cache (ext/agentapi_identity {found.extension_version})"
+    if found.extension_available is None:
+        return (
+            "portable helpers (ext/agentapi_identity is not installed for this server; "
+            "everything works, RLS costs a little more per statement)"
+        )
+    return f"{found.mode} helpers (ext/agentapi_identity {found.extension_available} available)"
 
 
 @app.command("down")
