@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from agentapi_db import AsyncDatabase, Database, EncryptionKey
+from agentapi_db import AsyncDatabase, Database, EncryptionKey, context_admin
 from agentapi_db.db import AsyncTransaction, Transaction
 from agentapi_db.errors import NotFound
 from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TABLES, TestDatabase
@@ -239,10 +239,16 @@ def _run_threads(worker: Callable[[int], None], count: int) -> None:
     assert not any(thread.is_alive() for thread in threads), "a tenant worker hung"
 
 
+@pytest.mark.parametrize("authenticated", [False, True], ids=["bare_id", "context_token"])
 def test_fifty_tenants_through_pgbouncer_see_only_their_own_rows(
-    db: TestDatabase, bouncer: PgBouncer
+    db: TestDatabase, bouncer: PgBouncer, authenticated: bool
 ) -> None:
+    """With a context key configured, the id and the token both travel per transaction."""
     key = EncryptionKey.generate()
+    context_key = None
+    if authenticated:
+        with psycopg.connect(db.url(SUPERUSER)) as conn:
+            context_key = context_admin.create_key(conn)
     with Database(db.url(SERVICE_LOGIN), key=key, max_size=2) as service:
         tenants, org_session = _seed(service)
     assert len(tenants) == THREADS
@@ -252,7 +258,9 @@ def test_fifty_tenants_through_pgbouncer_see_only_their_own_rows(
     peak = [0]
     sampler = threading.Thread(target=_sample_server_connections, args=(db, stop, peak))
     url = bouncer.url(db.name, APP_LOGIN)
-    with Database(url, key=key, min_size=4, max_size=25, timeout=60) as app:
+    with Database(
+        url, key=key, context_key=context_key, min_size=4, max_size=25, timeout=60
+    ) as app:
         sampler.start()
         deadline = time.monotonic() + RUN_SECONDS
 
