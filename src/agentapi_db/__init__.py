@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from agentapi_db.config import Settings
+    from agentapi_db.context import ContextKey
     from agentapi_db.db import (
         AsyncDatabase,
         AsyncTransaction,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Settings": "agentapi_db.config",
+    "ContextKey": "agentapi_db.context",
     "AsyncDatabase": "agentapi_db.db",
     "AsyncTransaction": "agentapi_db.db",
     "Database": "agentapi_db.db",
@@ -45,6 +47,7 @@ __all__ = [
     "UNSET",
     "AsyncDatabase",
     "AsyncTransaction",
+    "ContextKey",
     "Database",
     "EncryptionKey",
     "Settings",
