@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,7 +24,7 @@ def fresh_url(pg_server: PgServer, login_roles: dict[str, str | None]) -> Iterat
         yield pg_server.url(name)
 
 
-def test_migrate_then_verify_a_fresh_database(fresh_url: str) -> None:
+def test_migrate_then_verify_a_fresh_database(fresh_url: str, tmp_path: Path) -> None:
     first = run_cli("migrate", "--database-url", fresh_url)
     assert first.code == 0, str(first)
     assert "applied 1 (schema)" in first.stdout
@@ -34,6 +35,12 @@ def test_migrate_then_verify_a_fresh_database(fresh_url: str) -> None:
     with psycopg.connect(fresh_url) as conn:
         assert conn.execute(_HISTORY_COUNT).fetchone() == (1,)
 
+    unkeyed = run_cli("verify", "--database-url", fresh_url)
+    assert unkeyed.code == 1 and "✗ context_key" in unkeyed.stdout, str(unkeyed)
+    made = run_cli(
+        "context-key", "create", "--database-url", fresh_url, "--output", str(tmp_path / "ctx.key")
+    )
+    assert made.code == 0, str(made)
     verified = run_cli("verify", "--database-url", fresh_url)
     assert verified.code == 0, str(verified)
     lines = [line for line in verified.stdout.splitlines() if line.strip()]
@@ -77,7 +84,8 @@ def test_migrate_refuses_a_psql_built_database_without_baseline(db: TestDatabase
     assert_clean_error(refused, 1, "--baseline")
     adopted = run_cli("migrate", "--database-url", db.superuser_url, "--baseline")
     assert adopted.code == 0, str(adopted)
-    assert run_cli("verify", "--database-url", db.superuser_url).code == 0
+    found = json.loads(run_cli("verify", "--database-url", db.superuser_url, "--json").stdout)
+    assert [c["check"] for c in found if not c["ok"]] == ["context_key"]
 
 
 def test_unreachable_database_is_exit_3_without_traceback() -> None:

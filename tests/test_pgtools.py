@@ -25,6 +25,13 @@ from tests.pg import SCHEMA_SQL
 
 PG18_BIN = Path("/opt/agentapi-db/postgresql/18/bin")
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(autouse=True)
+def _no_bindir_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests start their own 15 and 18 servers: the suite's server choice
+    (AGENTAPI_PG_BINDIR, which wins the tool lookup when adequate) must not leak in."""
+    monkeypatch.delenv("AGENTAPI_PG_BINDIR", raising=False)
 DBNAME = "agentapi_tools"
 _SERVER_MAJOR = "SELECT current_setting('server_version_num')::int / 10000"
 _SCRATCH = "SELECT datname FROM pg_database WHERE datname LIKE 'agentapi_restore_check_%'"
