@@ -8,6 +8,8 @@ The database must already hold database/schema.sql. Runs as a superuser.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,9 +18,24 @@ import psycopg
 
 HERE = Path(__file__).resolve().parent
 GENERATE_SQL = HERE / "generate.sql"
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from agentapi_db.crypto import KeyRing, seal  # noqa: E402
+from agentapi_db.keys import EncryptionKey  # noqa: E402
+
+TOKENS_PER_ORG = 8
+"""Distinct real ciphertexts per organization (under its data key), shared by its rows."""
 
 # The one place where this module's SQL lives.
 _SQL_SET_PARAM = "SELECT set_config(%s, %s, false)"
+# Filled here with what the application process sealed (generate.sql reads them).
+_SQL_GEN_TABLES = (
+    "CREATE TEMP TABLE gen_org_keys (o bigint PRIMARY KEY, key_id text NOT NULL,"
+    " wrapped_key text NOT NULL);"
+    "CREATE TEMP TABLE gen_tokens (o bigint NOT NULL, i int NOT NULL, ct text NOT NULL)"
+)
+_SQL_COPY_ORG_KEYS = "COPY gen_org_keys (o, key_id, wrapped_key) FROM STDIN"
+_SQL_COPY_TOKENS = "COPY gen_tokens (o, i, ct) FROM STDIN"
 _SQL_ANALYZE = "VACUUM (ANALYZE)"
 _SQL_COUNTS = """
 SELECT (SELECT count(*) FROM public.organizations),
@@ -90,24 +107,60 @@ class RowCounts:
         return asdict(self)
 
 
+def token_plaintext(o: int, i: int) -> str:
+    """The ``i``-th distinct token of organization ``o`` (70 characters, like a real one)."""
+    seed = f"{o}.{i}".encode()
+    return "tok_" + hashlib.md5(b"t" + seed).hexdigest() + hashlib.md5(b"x" + seed).hexdigest()  # noqa: S324 - test data
+
+
+def sealed_material(
+    orgs: int, key: str
+) -> tuple[list[tuple[int, str, str]], list[tuple[int, int, str]]]:
+    """Per organization a data key wrapped by the master ``key`` and its token pool.
+
+    Made in this process with the library's own code (agentapi_db.crypto, as
+    ``org_sealer`` does on a first secret write), so the values are what the
+    library writes and opens: ``ag1`` under each organization's data key.
+    """
+    ring = KeyRing(EncryptionKey.parse(key))
+    org_keys: list[tuple[int, str, str]] = []
+    tokens: list[tuple[int, int, str]] = []
+    for o in range(1, orgs + 1):
+        data_key, wrapped = ring.new_data_key()
+        org_keys.append((o, data_key.kid, wrapped))
+        tokens += [(o, i, seal(data_key, token_plaintext(o, i))) for i in range(TOKENS_PER_ORG)]
+    return org_keys, tokens
+
+
 def generate(url: str, scale: Scale, key: str) -> tuple[RowCounts, float]:
-    """Load ``scale`` into the database at ``url``; returns the row counts and seconds taken."""
+    """Load ``scale`` into the database at ``url``; returns the row counts and seconds taken.
+
+    ``key`` is the run's master key (64 hex digits): it wraps the organizations' data
+    keys here, in this process, and is never sent to the server.
+    """
     started = time.perf_counter()
+    org_keys, tokens = sealed_material(scale.orgs, key)
     with psycopg.connect(url, autocommit=True) as conn:
         for name, value in (
             ("bench.orgs", scale.orgs),
             ("bench.users", scale.users),
             ("bench.sessions", scale.sessions),
             ("bench.audit_events", scale.audit_events),
-            ("bench.key", key),
+            ("bench.tokens_per_org", TOKENS_PER_ORG),
         ):
             conn.execute(_SQL_SET_PARAM, (name, str(value)))
         script = GENERATE_SQL.read_text(encoding="utf-8")
         # psql meta-commands are not SQL; the script runs as one simple-protocol batch.
         body = "\n".join(line for line in script.splitlines() if not line.startswith("\\"))
         with conn.transaction():
+            conn.execute(_SQL_GEN_TABLES)
+            with conn.cursor().copy(_SQL_COPY_ORG_KEYS) as copy:
+                for org_key in org_keys:
+                    copy.write_row(org_key)
+            with conn.cursor().copy(_SQL_COPY_TOKENS) as copy:
+                for token in tokens:
+                    copy.write_row(token)
             conn.execute(body.encode())
-        conn.execute(_SQL_SET_PARAM, ("bench.key", ""))
         conn.execute(_SQL_ANALYZE)
         row = conn.execute(_SQL_COUNTS).fetchone()
     if row is None:

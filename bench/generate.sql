@@ -3,10 +3,19 @@
 --
 -- Run by bench/generate.py as a superuser on a database that already holds
 -- database/schema.sql. Parameters come in as session settings (set with bind
--- parameters by the caller, so the encryption key never appears in this text):
+-- parameters by the caller):
 --
 --   bench.orgs, bench.users, bench.sessions, bench.audit_events  (integers)
---   bench.key                                                     (token key)
+--   bench.tokens_per_org                                          (integer)
+--
+-- and two temporary tables the caller fills (COPY) in the same transaction, made
+-- in the application process like the library's writes (agentapi_db.crypto): no key
+-- and no plaintext token reaches the server:
+--
+--   gen_org_keys (o, key_id, wrapped_key): organization o's data key, wrapped
+--       (format ag1) by the run's master key;
+--   gen_tokens (o, i, ct): i = 0 .. tokens_per_org - 1, real ag1 ciphertexts of
+--       distinct tokens under organization o's data key.
 --
 -- Identifiers are deterministic so that pgbench scripts can name rows without
 -- an extra round trip: organization j is md5('o' || j)::uuid, user u is
@@ -43,20 +52,29 @@ CREATE TEMP TABLE gen_params AS
 SELECT current_setting('bench.orgs')::bigint AS orgs,
        current_setting('bench.users')::bigint AS users,
        current_setting('bench.sessions')::bigint AS sessions,
-       current_setting('bench.audit_events')::bigint AS audit_events;
+       current_setting('bench.audit_events')::bigint AS audit_events,
+       current_setting('bench.tokens_per_org')::bigint AS tpo;
 
--- Encrypted token pool: a few hundred real ciphertexts, each a distinct token,
--- shared round-robin by the rows (decryption cost per row is the same as with
--- one ciphertext per row; the generator stays fast).
-CREATE TEMP TABLE gen_tokens AS
-SELECT i, public.encrypt_token('tok_' || md5('t' || i) || md5('x' || i), current_setting('bench.key')) AS ct
-  FROM generate_series(0, 499) AS i;
+-- Encrypted token pool (gen_tokens, filled by the caller): a few real ciphertexts
+-- per organization under that organization's data key, each a distinct token,
+-- shared round-robin by the organization's rows (decryption cost per row is the
+-- same as with one ciphertext per row; the generator stays fast).
+ALTER TABLE gen_tokens ADD COLUMN org uuid;
+UPDATE gen_tokens SET org = md5('o' || o)::uuid;
+ALTER TABLE gen_tokens ADD PRIMARY KEY (o, i);
+CREATE INDEX ON gen_tokens (org, i);
+ANALYZE gen_tokens;
 
 -- organizations ---------------------------------------------------------------
 INSERT INTO public.organizations (id, name, slug, created_at, updated_at)
 SELECT md5('o' || j)::uuid, 'Organization ' || j, 'org-' || j,
        now() - interval '400 days', now() - interval '400 days'
   FROM gen_params, generate_series(1, orgs) AS j;
+
+-- organization_data_keys: one primary data key per organization, wrapped.
+INSERT INTO public.organization_data_keys (key_id, organization_id, wrapped_key, created_at)
+SELECT g.key_id, md5('o' || g.o)::uuid, g.wrapped_key, now() - interval '400 days'
+  FROM gen_org_keys AS g;
 
 -- users ------------------------------------------------------------------------
 INSERT INTO public.users (id, organization_id, email, role, is_active, created_at, updated_at)
@@ -101,7 +119,7 @@ SELECT md5('co' || j || '.' || n)::uuid, md5('o' || j)::uuid, NULL, 'org-mcp-' |
        CASE WHEN n = 3 THEN 'npx' END,
        CASE WHEN n = 3 THEN '["-y", "@modelcontextprotocol/server-filesystem"]'::jsonb ELSE '[]'::jsonb END,
        CASE n WHEN 2 THEN 'oauth' WHEN 3 THEN 'none' ELSE 'bearer' END::public.auth_type,
-       CASE WHEN n IN (1, 4, 5) THEN (SELECT t.ct FROM gen_tokens AS t WHERE t.i = (j * 5 + n) % 500) END,
+       CASE WHEN n IN (1, 4, 5) THEN (SELECT t.ct FROM gen_tokens AS t WHERE t.o = j AND t.i = (j * 5 + n) % p.tpo) END,
        CASE WHEN n = 2 THEN 'github' END,
        true, now() - interval '300 days', now() - interval '300 days'
   FROM gen_params AS p, generate_series(1, p.orgs) AS j, generate_series(1, 5) AS n;
@@ -113,7 +131,8 @@ SELECT md5('cu' || u || '.' || n)::uuid, md5('o' || bench.org_of(u, p.users, p.o
        'my-mcp-' || n, 'http'::public.mcp_type,
        'https://mcp.example.net/u' || u || '/' || n, '[]'::jsonb,
        a.auth::public.auth_type,
-       CASE WHEN a.auth = 'bearer' THEN (SELECT t.ct FROM gen_tokens AS t WHERE t.i = (u * 3 + n) % 500) END,
+       CASE WHEN a.auth = 'bearer' THEN (SELECT t.ct FROM gen_tokens AS t
+                                           WHERE t.o = bench.org_of(u, p.users, p.orgs) AND t.i = (u * 3 + n) % p.tpo) END,
        CASE WHEN a.auth = 'oauth' THEN 'google' END,
        n <> 3 OR u % 2 = 0,
        now() - interval '200 days', now() - interval '200 days'
@@ -131,20 +150,21 @@ SELECT c.user_id, c.organization_id, c.id, c.oauth_provider,
        t1.ct, t2.ct, 'read write',
        now() + interval '1 second' * (abs(hashint8(hashtext(c.id::text))) % 86400)
   FROM public.mcp_configurations AS c
-  JOIN gen_tokens AS t1 ON t1.i = abs(hashtext(c.id::text)) % 500
-  JOIN gen_tokens AS t2 ON t2.i = abs(hashtext(c.id::text) / 7) % 500
+  CROSS JOIN gen_params AS p
+  JOIN gen_tokens AS t1 ON t1.org = c.organization_id AND t1.i = abs(hashtext(c.id::text)) % p.tpo
+  JOIN gen_tokens AS t2 ON t2.org = c.organization_id AND t2.i = abs(hashtext(c.id::text) / 7) % p.tpo
  WHERE c.auth_type = 'oauth' AND c.user_id IS NOT NULL;
 
 INSERT INTO public.mcp_oauth_tokens (user_id, organization_id, mcp_configuration_id, oauth_provider,
                                      access_token, refresh_token, scope, expires_at)
-SELECT md5('u' || u)::uuid, md5('o' || o)::uuid, md5('co' || o || '.2')::uuid, 'github',
+SELECT md5('u' || u)::uuid, md5('o' || x.o)::uuid, md5('co' || x.o || '.2')::uuid, 'github',
        t1.ct, t2.ct, 'repo',
        now() + interval '1 second' * (abs(hashint8(u * 31)) % 86400)
   FROM gen_params AS p,
        generate_series(2, p.users, 2) AS u,
        LATERAL (SELECT bench.org_of(u, p.users, p.orgs) AS o) AS x,
        gen_tokens AS t1, gen_tokens AS t2
- WHERE t1.i = u % 500 AND t2.i = (u / 3) % 500;
+ WHERE t1.o = x.o AND t1.i = u % p.tpo AND t2.o = x.o AND t2.i = (u / 3) % p.tpo;
 
 -- system_prompts ----------------------------------------------------------------------
 INSERT INTO public.system_prompts (scope, content, priority, created_at, updated_at)
@@ -185,6 +205,7 @@ SELECT now() - interval '1 second' * (abs(hashint8(e * 104729)) % 31536000),
        LATERAL (SELECT 1 + abs(hashint8(e)) % p.users AS u) AS x;
 
 DROP TABLE gen_tokens;
+DROP TABLE gen_org_keys;
 
 -- Benchmark-only helper: for every admin (user number u, a multiple of 50, or
 -- the first user of an organization), the keyset cursor of page 10 of their

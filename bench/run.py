@@ -9,8 +9,10 @@ end; ``--bindir`` names the server binaries it runs (default: those of
 :func:`agentapi_db.cluster.find_binaries`). ``psql`` and ``pgbench`` are found by
 :mod:`agentapi_db.pgtools`: at least the server's major version. It applies
 database/schema.sql, creates the bench logins (``bench_app``, a member of agentapi_app;
-``bench_filter``, a BYPASSRLS member of
-agentapi_service), loads data with bench/generate.sql and measures:
+``bench_filter``, a login created here WITH BYPASSRLS, a member of agentapi_service,
+which itself has no BYPASSRLS), loads data with bench/generate.sql (secrets sealed
+in this process under per-organization data keys), makes a context key and one
+signed context token per user (bench.context_tokens), and measures:
 
 * workloads 1 (session start) and 2 (admin pages) in form (a), RLS, and form (b),
   hand-written filters, with pgbench (``-M prepared``), the forms interleaved
@@ -18,9 +20,11 @@ agentapi_service), loads data with bench/generate.sql and measures:
   rows checked for both forms; the server CPU per transaction as well;
 * the same at the small scale (1% of the big one) for the scaling ratio;
 * workload 3 (refresh claim, 2 concurrent workers) and a double-claim check;
-* workload 1 through the agentapi_db library against raw psycopg (same SQL);
+* workload 1 through the agentapi_db library against raw psycopg (same SQL, both
+  decrypting in this process), and against raw psycopg decrypting in SQL (the old path);
 * cleanup under load: batched deletes of expired sessions while workload 1 runs;
-* token decryption throughput on one backend.
+* token decryption throughput through the library (in this process, one thread),
+  and in SQL on one backend for comparison.
 
 ``--quick`` is a small smoke run (well under a minute): its numbers mean little.
 ``--report`` writes bench/results.json, the results table in bench/README.md
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -50,6 +55,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from psycopg import sql
@@ -64,7 +70,10 @@ from generate import Scale, generate, scale_named  # noqa: E402
 from pgscript import draw, parse_script, run_script, server_cpu_per_tx  # noqa: E402
 
 from agentapi_db import identity  # noqa: E402
+from agentapi_db import queries as Q  # noqa: E402
 from agentapi_db.cluster import LocalCluster, probe_binaries  # noqa: E402
+from agentapi_db.context import ContextKey  # noqa: E402
+from agentapi_db.context_admin import create_key  # noqa: E402
 from agentapi_db.pgtools import find_tool  # noqa: E402
 from agentapi_db.stats import tune_tenant_statistics  # noqa: E402
 
@@ -103,6 +112,48 @@ SELECT count(public.decrypt_token(bearer_token, %s))
   FROM public.mcp_configurations
  WHERE bearer_token IS NOT NULL
 """
+# The library's configuration list as it was before issue 12: bearer tokens
+# decrypted in SQL with the master key bound as a parameter (decrypt_token follows
+# the organization's data key, read under RLS). Only for the "old path" comparison.
+_MCP_BEARER_CIPHERTEXT = "CASE WHEN %(decrypt)s THEN v.bearer_token END"
+_SQL_MCP_LIST_EFFECTIVE_SQL_DECRYPT = Q.MCP_LIST_EFFECTIVE.replace(
+    _MCP_BEARER_CIPHERTEXT,
+    "CASE WHEN %(decrypt)s THEN public.decrypt_token(v.bearer_token, %(key)s) END",
+)
+if _MCP_BEARER_CIPHERTEXT not in Q.MCP_LIST_EFFECTIVE:
+    raise RuntimeError("queries.MCP_LIST_EFFECTIVE changed shape: update the bench's old path")
+_SQL_BEARER_ALL = (
+    "SELECT bearer_token FROM public.mcp_configurations WHERE bearer_token IS NOT NULL"
+)
+_SQL_DECRYPT_SAMPLE = """
+SELECT bearer_token, public.decrypt_token(bearer_token, %s)
+  FROM public.mcp_configurations
+ WHERE bearer_token IS NOT NULL
+ ORDER BY id
+ LIMIT 200
+"""
+# One signed context token per benchmark user, for the pgbench scripts of form (a)
+# (pgbench cannot compute an HMAC); read by their context statement.
+_SQL_CONTEXT_TOKENS = (
+    "CREATE TABLE bench.context_tokens (u int PRIMARY KEY, user_id uuid NOT NULL,"
+    " token text NOT NULL)"
+)
+_SQL_COPY_CONTEXT_TOKENS = "COPY bench.context_tokens (u, user_id, token) FROM STDIN"
+_SQL_GRANT_CONTEXT_TOKENS = "GRANT SELECT ON bench.context_tokens TO {}"
+_SQL_ANALYZE_CONTEXT_TOKENS = "ANALYZE bench.context_tokens"
+# The extra pair "bare app.user_id" (no context key, as before issue 14): the keys are
+# moved aside and back by the superuser, server-side (no key travels in a statement).
+_SQL_CONTEXT_KEYS_ASIDE = """
+CREATE TABLE IF NOT EXISTS bench.context_keys_aside (LIKE agentapi_auth.context_keys);
+REVOKE ALL ON bench.context_keys_aside FROM PUBLIC;
+INSERT INTO bench.context_keys_aside SELECT * FROM agentapi_auth.context_keys;
+DELETE FROM agentapi_auth.context_keys
+"""
+_SQL_CONTEXT_KEYS_BACK = """
+INSERT INTO agentapi_auth.context_keys SELECT * FROM bench.context_keys_aside;
+DELETE FROM bench.context_keys_aside
+"""
+_SQL_CONTEXT_KEY_COUNT = "SELECT count(*) FROM agentapi_auth.context_keys"
 _SQL_NO_PARALLEL = "SET max_parallel_workers_per_gather = 0"
 _SQL_EXPIRED = "SELECT count(*) FROM public.user_sessions WHERE expires_at <= now()"
 _SQL_SERVER_VERSION = "SHOW server_version"
@@ -131,7 +182,8 @@ _SQL_PREWARM_EXTENSION = "CREATE EXTENSION IF NOT EXISTS pg_prewarm SCHEMA bench
 _SQL_PREWARM = """
 SELECT coalesce(sum(bench.pg_prewarm(c.oid)), 0)
   FROM pg_catalog.pg_class AS c
- WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i', 'm')
+ WHERE c.relnamespace IN ('public'::regnamespace, 'bench'::regnamespace)
+   AND c.relkind IN ('r', 'i', 'm')
 """
 
 
@@ -284,6 +336,8 @@ def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[s
     log(f"{name}: identity helpers {mode}")
     ensure_logins(server)
     counts, seconds = generate(server.url(name), scale, key)
+    _context_keys[name] = make_context_tokens(server, name, scale)
+    _context_now[name] = "token"
     with psycopg.connect(server.url(name), autocommit=True) as conn:
         started = time.perf_counter()
         # What an operator runs after a bulk load: agentapi-db stats --tune.
@@ -300,6 +354,56 @@ def create_database(server: Server, scale: Scale, key: str) -> tuple[str, dict[s
     return name, counts.as_dict(), seconds
 
 
+CONTEXT_TOKEN_TTL = 12 * 3600
+"""Seconds the precomputed context tokens stay valid (the server allows at most a day)."""
+
+
+def bench_user_ids(users: int) -> Iterator[tuple[int, UUID]]:
+    """Benchmark user u and its id, md5('u' || u)::uuid as in generate.sql."""
+    for u in range(1, users + 1):
+        yield u, UUID(hashlib.md5(f"u{u}".encode()).hexdigest())  # noqa: S324 - ids, not security
+
+
+def make_context_tokens(server: Server, dbname: str, scale: Scale) -> ContextKey:
+    """A context key for ``dbname`` (made in the server, as ``agentapi-db context-key
+    create`` does) and one token per benchmark user in bench.context_tokens.
+
+    Once the key exists, ``app.user_id`` counts only with a valid ``app.context_token``
+    (issue 14). The library signs in-process per transaction; pgbench cannot compute
+    an HMAC, so its scripts read the user's token in their one context statement.
+    """
+    with psycopg.connect(server.url(dbname)) as conn:
+        key = create_key(conn)
+    now = time.time()
+    with psycopg.connect(server.url(dbname)) as conn:
+        conn.execute(_SQL_CONTEXT_TOKENS)
+        with conn.cursor().copy(_SQL_COPY_CONTEXT_TOKENS) as copy:
+            for u, uid in bench_user_ids(scale.users):
+                copy.write_row((u, uid, key.sign(uid, ttl=CONTEXT_TOKEN_TTL, now=now)))
+        conn.execute(sql.SQL(_SQL_GRANT_CONTEXT_TOKENS).format(sql.Identifier(APP_LOGIN)))
+        conn.execute(_SQL_ANALYZE_CONTEXT_TOKENS)
+    return key
+
+
+# The context key of each database, and whether its keys are in place ("token") or
+# moved aside ("bare": the bare app.user_id counts, as before issue 14).
+_context_keys: dict[str, ContextKey] = {}
+_context_now: dict[str, str] = {}
+
+
+def use_context(server: Server, dbname: str, mode: str | None) -> None:
+    """Put the context keys of ``dbname`` in place (``token``, the default) or aside."""
+    mode = mode or "token"
+    if _context_now.get(dbname, "token") == mode:
+        return
+    with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+        conn.execute(_SQL_CONTEXT_KEYS_BACK if mode == "token" else _SQL_CONTEXT_KEYS_ASIDE)
+        row = conn.execute(_SQL_CONTEXT_KEY_COUNT).fetchone()
+    if (row is not None and row[0] > 0) != (mode == "token"):
+        raise RuntimeError(f"{dbname}: context keys are not {mode}")
+    _context_now[dbname] = mode
+
+
 # ---------------------------------------------------------------------------- pgbench
 
 
@@ -313,6 +417,9 @@ class Case:
     # The identity helpers to run with ("cache" or "portable"); None: the database's
     # own, the cache when the server has ext/agentapi_identity (see use_identity()).
     identity: str | None = None
+    # "bare": the context keys moved aside, so the bare app.user_id counts (the
+    # context as before issue 14); None: the authenticated context (see use_context()).
+    context: str | None = None
 
 
 # The identity helpers each database was created with, and has now.
@@ -357,6 +464,7 @@ def pgbench(
     """
     tool = server.tool("pgbench")
     use_identity(server, case.dbname, case.identity)
+    use_context(server, case.dbname, case.context)
     with tempfile.TemporaryDirectory(prefix="agentapi-pgbench-") as logdir:
         argv = [
             tool,
@@ -479,30 +587,34 @@ def same_rows(
 
 
 def library_vs_raw(
-    server: Server, dbname: str, key: str, users: int, rounds: int, iterations: int
+    server: Server,
+    dbname: str,
+    key: str,
+    context_key: ContextKey,
+    users: int,
+    rounds: int,
+    iterations: int,
 ) -> dict[str, float]:
-    from uuid import UUID
-
+    """Workload 1 through the library against raw psycopg, both decrypting in-process,
+    and against raw psycopg decrypting in SQL (the path before issue 12)."""
     from psycopg.types.json import Jsonb
 
     from agentapi_db import Database, EncryptionKey
-    from agentapi_db import queries as Q
+    from agentapi_db.crypto import KeyRing
+    from agentapi_db.ops._secrets import drive, open_values
 
     url = server.url(dbname, APP_LOGIN)
     ekey = EncryptionKey.parse(key)
+    ring = KeyRing(ekey)  # raw psycopg's own ring: it learns the data keys as the library does
     rng = random.Random(7)
+    ids = dict(bench_user_ids(users))
 
-    def ids(u: int) -> tuple[UUID, UUID]:
-        import hashlib
+    def session_id(u: int) -> UUID:
+        return UUID(hashlib.md5(f"s{u}".encode()).hexdigest())  # noqa: S324 - ids, not security
 
-        return (
-            UUID(hashlib.md5(f"u{u}".encode()).hexdigest()),  # noqa: S324 - ids, not security
-            UUID(hashlib.md5(f"s{u}".encode()).hexdigest()),  # noqa: S324
-        )
-
-    def via_library(db: Any, u: int) -> int:
-        uid, sid = ids(u)
-        with db.as_user(uid) as tx:
+    def via_library(db: Any, u: int) -> list[str | None]:
+        sid = session_id(u)
+        with db.as_user(ids[u]) as tx:
             tx.sessions.get(sid)
             configs = tx.mcp.list_effective(decrypt=True)
             prompts = tx.prompts.list_effective()
@@ -513,17 +625,28 @@ def library_vs_raw(
                 ip_address="127.0.0.1",
                 user_agent="bench",
             )
-        return len(configs) + len(prompts)
+        tokens = [None if c.bearer_token is None else c.bearer_token.get_secret_value()
+                  for c in configs]
+        return [*tokens, str(len(prompts))]
 
-    def via_raw(conn: psycopg.Connection[Any], u: int) -> int:
-        uid, sid = ids(u)
+    def via_raw(conn: psycopg.Connection[Any], u: int, in_sql: bool) -> list[str | None]:
+        uid, sid = ids[u], session_id(u)
         with conn.pipeline():  # BEGIN and the context in one round trip, as the library
             conn.execute(Q.BEGIN)
-            conn.execute(Q.CONTEXT_AS_USER, {"user_id": str(uid)})
+            conn.execute(
+                Q.CONTEXT_AS_USER, {"user_id": str(uid), "token": context_key.sign(uid)}
+            )
         conn.execute(Q.SESSION_GET, {"id": sid}).fetchone()
-        configs = conn.execute(
-            Q.MCP_LIST_EFFECTIVE, {"user_id": uid, "decrypt": True, "key": key, "old_key": None}
-        ).fetchall()
+        if in_sql:
+            rows = conn.execute(
+                _SQL_MCP_LIST_EFFECTIVE_SQL_DECRYPT, {"user_id": uid, "decrypt": True, "key": key}
+            ).fetchall()
+            tokens: list[str | None] = [r[-1] for r in rows]  # bearer_token is the last column
+        else:
+            rows = conn.execute(
+                Q.MCP_LIST_EFFECTIVE, {"user_id": uid, "decrypt": True}
+            ).fetchall()
+            tokens = drive(conn, open_values(ring, [r[-1] for r in rows]))
         prompts = conn.execute(Q.PROMPT_EFFECTIVE, {"user_id": uid}).fetchall()
         conn.execute(
             Q.AUDIT_LOG,
@@ -541,22 +664,27 @@ def library_vs_raw(
             },
         ).fetchone()
         conn.execute(Q.COMMIT)
-        return len(configs) + len(prompts)
+        return [*tokens, str(len(prompts))]
 
-    lib_stats, raw_stats = Stats(), Stats()
+    lib_stats, raw_stats, sql_stats = Stats(), Stats(), Stats()
     with (
-        Database(url, key=ekey, min_size=1, max_size=1) as db,
+        Database(url, key=ekey, context_key=context_key, min_size=1, max_size=1) as db,
         psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn,
     ):
-        for u in (1, 2, 3):
-            if via_library(db, u) != via_raw(conn, u):
-                raise AssertionError("library and raw psycopg returned different row counts")
-        for _ in range(rounds):
-            runners: list[tuple[Callable[[int], int], Stats]] = [
-                (lambda u: via_library(db, u), lib_stats),
-                (lambda u: via_raw(conn, u), raw_stats),
-            ]
-            for fn, stats in runners:
+        for u in (1, 2, 3, users):  # the same plaintexts on all three paths
+            lib, raw, in_sql = via_library(db, u), via_raw(conn, u, False), via_raw(conn, u, True)
+            if not lib == raw == in_sql or not any(t is not None for t in lib[:-1]):
+                raise AssertionError(
+                    "the library, raw psycopg and the in-SQL decryption disagree for user "
+                    f"{u} (or no bearer token came back)"
+                )
+        runners: list[tuple[Callable[[int], object], Stats]] = [
+            (lambda u: via_library(db, u), lib_stats),
+            (lambda u: via_raw(conn, u, False), raw_stats),
+            (lambda u: via_raw(conn, u, True), sql_stats),
+        ]
+        for r in range(rounds):
+            for fn, stats in runners[::-1] if r % 2 else runners:
                 lat = []
                 for _ in range(iterations):
                     u = rng.randint(1, users)
@@ -564,13 +692,17 @@ def library_vs_raw(
                     fn(u)
                     lat.append((time.perf_counter() - t0) * 1000)
                 stats.add(lat)
-    lib, raw = lib_stats.summary(), raw_stats.summary()
+    lib_s, raw_s, sql_s = lib_stats.summary(), raw_stats.summary(), sql_stats.summary()
     return {
-        "library_p50_ms": lib["p50_ms"],
-        "raw_p50_ms": raw["p50_ms"],
-        "library_p99_ms": lib["p99_ms"],
-        "raw_p99_ms": raw["p99_ms"],
-        "library_vs_raw_p50": lib["p50_ms"] / raw["p50_ms"],
+        "library_p50_ms": lib_s["p50_ms"],
+        "raw_p50_ms": raw_s["p50_ms"],
+        "library_p99_ms": lib_s["p99_ms"],
+        "raw_p99_ms": raw_s["p99_ms"],
+        "library_vs_raw_p50": lib_s["p50_ms"] / raw_s["p50_ms"],
+        "raw_sql_decrypt_p50_ms": sql_s["p50_ms"],
+        "raw_sql_decrypt_p99_ms": sql_s["p99_ms"],
+        "library_vs_sql_decrypt_p50": lib_s["p50_ms"] / sql_s["p50_ms"],
+        "inprocess_vs_sql_decrypt_p50": raw_s["p50_ms"] / sql_s["p50_ms"],
     }
 
 
@@ -704,8 +836,56 @@ def cleanup_under_load(server: Server, case: Case, seconds: int, batch: int) -> 
 # ---------------------------------------------------------------------------- decrypt
 
 
-def decrypt_throughput(server: Server, dbname: str, key: str) -> dict[str, float]:
-    """Decrypt every bearer token in one backend (no parallel workers)."""
+def decrypt_throughput(
+    server: Server, dbname: str, key: str, min_cpu_s: float = 1.0
+) -> dict[str, Any]:
+    """Decrypt every bearer token through the library, in this process, on one thread.
+
+    The ciphertexts are read once; the library's ``open_values`` learns the
+    organizations' data keys (one statement) on a first pass, and the timed passes
+    open every value from the key ring's cache, as a long-running application does.
+    The figure is tokens per second of this thread's CPU time (and of wall time) of
+    the median pass; passes repeat until they add up to ``min_cpu_s`` (at least 3),
+    so that a small data set (--quick: ~1,400 tokens) still gives a steady figure.
+    """
+    from agentapi_db import EncryptionKey
+    from agentapi_db.crypto import KeyRing
+    from agentapi_db.ops._secrets import drive, open_values
+
+    ring = KeyRing(EncryptionKey.parse(key))
+    with psycopg.connect(server.url(dbname, FILTER_LOGIN), autocommit=True) as conn:
+        values: list[str | None] = [r[0] for r in conn.execute(_SQL_BEARER_ALL).fetchall()]
+        drive(conn, open_values(ring, values))  # learns the data keys
+        # The library and the SQL function open the same values to the same tokens.
+        for ct, plain in conn.execute(_SQL_DECRYPT_SAMPLE, (key,)).fetchall():
+            if ring.open(ct) != plain:
+                raise AssertionError("the library and decrypt_token disagree on a token")
+        passes: list[tuple[float, float]] = []  # (cpu, wall) seconds
+        while len(passes) < 3 or sum(c for c, _ in passes) < min_cpu_s:
+            cpu0, t0 = time.thread_time(), time.perf_counter()
+            opened = drive(conn, open_values(ring, values))
+            passes.append((time.thread_time() - cpu0, time.perf_counter() - t0))
+            if sum(1 for v in opened if v is not None) != len(values):
+                raise AssertionError("a bearer token did not open")
+    cpu = statistics.median(c for c, _ in passes)
+    wall = statistics.median(w for _, w in passes)
+    return {**_rates(len(values), wall, cpu), "where": "client", "passes": len(passes)}
+
+
+def _rates(n: int, wall: float, cpu: float) -> dict[str, float]:
+    return {
+        "tokens": n,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "tokens_per_s_wall": n / wall,
+        "tokens_per_s_cpu": n / cpu if cpu else float("nan"),
+    }
+
+
+def decrypt_throughput_sql(server: Server, dbname: str, key: str) -> dict[str, float]:
+    """Decrypt every bearer token in SQL (decrypt_token with the master key) in one
+    backend, no parallel workers: the path before issue 12, for comparison. Each value
+    now also costs a look-up and an unwrap of its organization's data key."""
     from pgscript import backend_cpu_ns
 
     with psycopg.connect(server.url(dbname, FILTER_LOGIN), autocommit=True) as conn:
@@ -715,14 +895,7 @@ def decrypt_throughput(server: Server, dbname: str, key: str) -> dict[str, float
         cpu0, t0 = backend_cpu_ns(pid), time.perf_counter()
         row = conn.execute(_SQL_DECRYPT_ALL, (key,)).fetchone()
         wall, cpu = time.perf_counter() - t0, (backend_cpu_ns(pid) - cpu0) / 1e9
-    n = int(row[0]) if row else 0
-    return {
-        "tokens": n,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "tokens_per_s_wall": n / wall,
-        "tokens_per_s_cpu": n / cpu if cpu else float("nan"),
-    }
+    return _rates(int(row[0]) if row else 0, wall, cpu)
 
 
 # ---------------------------------------------------------------------------- main run
@@ -748,8 +921,8 @@ def machine() -> dict[str, str]:
     }
 
 
-def w1_vars(scale: Scale, key: str) -> dict[str, str]:
-    return {"nusers": str(scale.users), "key": key}
+def w1_vars(scale: Scale) -> dict[str, str]:
+    return {"nusers": str(scale.users)}
 
 
 def largest_org_users(scale: Scale) -> int:
@@ -824,7 +997,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "w1_libsql.sql",
                 "w1_filter.sql",
                 [(2, 1), (3, 2), (4, 3)],
-                w1_vars(big, key),
+                w1_vars(big),
                 10 if quick else 30,
             ),
             "w1": same_rows(
@@ -833,7 +1006,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "w1_rls.sql",
                 "w1_filter.sql",
                 [(2, 1), (3, 2), (4, 3)],
-                w1_vars(big, key),
+                w1_vars(big),
                 10 if quick else 50,
             ),
             "w2": same_rows(
@@ -859,32 +1032,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "w1_rls.sql",
                 "w1_filter.sql",
                 [(2, 1), (3, 2), (4, 3)],
-                w1_vars(big, key),
+                w1_vars(big),
                 10 if quick else 50,
             )
             use_identity(server, db_b, None)
         log(f"same rows: {out['same_rows']}")
 
-        # Listed so that compared cases run side by side (see interleaved()).
+        # Listed so that compared cases run side by side (see interleaved()), and so
+        # that the identity helpers switch once per round. w1_rls_bare is the same
+        # script with the context keys moved aside: the bare app.user_id counts, as
+        # before issue 14 (the token is still read and set, but not verified), so the
+        # pair with w1_rls isolates the cost of verifying the token.
         cases = [
-            Case(f"w1_libsql@{b}", db_b, "w1_libsql.sql", APP_LOGIN, w1_vars(big, key)),
-            Case(f"w1_rls@{b}", db_b, "w1_rls.sql", APP_LOGIN, w1_vars(big, key)),
-            Case(f"w1_filter@{b}", db_b, "w1_filter.sql", FILTER_LOGIN, w1_vars(big, key)),
+            Case(f"w1_libsql@{b}", db_b, "w1_libsql.sql", APP_LOGIN, w1_vars(big)),
+            Case(f"w1_rls_bare@{b}", db_b, "w1_rls.sql", APP_LOGIN, w1_vars(big), context="bare"),
+            Case(f"w1_rls@{b}", db_b, "w1_rls.sql", APP_LOGIN, w1_vars(big)),
+            Case(f"w1_filter@{b}", db_b, "w1_filter.sql", FILTER_LOGIN, w1_vars(big)),
         ]
         if both_identities:
-            cases.append(
+            cases += [
                 Case(
                     f"w1_rls_portable@{b}",
                     db_b,
                     "w1_rls.sql",
                     APP_LOGIN,
-                    w1_vars(big, key),
+                    w1_vars(big),
                     identity="portable",
-                )
-            )
+                ),
+                Case(
+                    f"w1_rls_portable_bare@{b}",
+                    db_b,
+                    "w1_rls.sql",
+                    APP_LOGIN,
+                    w1_vars(big),
+                    identity="portable",
+                    context="bare",
+                ),
+            ]
         cases += [
-            Case(f"w1_filter@{s}", db_s, "w1_filter.sql", FILTER_LOGIN, w1_vars(small, key)),
-            Case(f"w1_rls@{s}", db_s, "w1_rls.sql", APP_LOGIN, w1_vars(small, key)),
+            Case(f"w1_filter@{s}", db_s, "w1_filter.sql", FILTER_LOGIN, w1_vars(small)),
+            Case(f"w1_rls@{s}", db_s, "w1_rls.sql", APP_LOGIN, w1_vars(small)),
             Case(f"w2_rls@{b}", db_b, "w2_rls.sql", APP_LOGIN, w2_vars(big)),
             Case(f"w2_filter@{b}", db_b, "w2_filter.sql", FILTER_LOGIN, w2_vars(big)),
             Case(f"w2_filter@{s}", db_s, "w2_filter.sql", FILTER_LOGIN, w2_vars(small)),
@@ -893,8 +1080,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if mid is not None:  # only for the plot of latency against scale
             m, db_m = mid.name, dbs[mid.name]
             cases += [
-                Case(f"w1_rls@{m}", db_m, "w1_rls.sql", APP_LOGIN, w1_vars(mid, key)),
-                Case(f"w1_filter@{m}", db_m, "w1_filter.sql", FILTER_LOGIN, w1_vars(mid, key)),
+                Case(f"w1_rls@{m}", db_m, "w1_rls.sql", APP_LOGIN, w1_vars(mid)),
+                Case(f"w1_filter@{m}", db_m, "w1_filter.sql", FILTER_LOGIN, w1_vars(mid)),
                 Case(f"w2_rls@{m}", db_m, "w2_rls.sql", APP_LOGIN, w2_vars(mid)),
                 Case(f"w2_filter@{m}", db_m, "w2_filter.sql", FILTER_LOGIN, w2_vars(mid)),
             ]
@@ -923,6 +1110,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             portable = f"w1_rls_portable@{b}"
             out["rls_portable_vs_filter_p50"] = ratio(portable, f"w1_filter@{b}", "p50_ms")
             out["rls_portable_vs_filter_p99"] = ratio(portable, f"w1_filter@{b}", "p99_ms")
+            out["rls_portable_bare_vs_filter_p50"] = ratio(
+                f"w1_rls_portable_bare@{b}", f"w1_filter@{b}", "p50_ms"
+            )
+            out["rls_portable_token_vs_bare_p50"] = ratio(
+                portable, f"w1_rls_portable_bare@{b}", "p50_ms"
+            )
+        out["rls_bare_vs_filter_p50"] = ratio(f"w1_rls_bare@{b}", f"w1_filter@{b}", "p50_ms")
+        out["rls_bare_vs_filter_p99"] = ratio(f"w1_rls_bare@{b}", f"w1_filter@{b}", "p99_ms")
+        out["rls_token_vs_bare_p50"] = ratio(f"w1_rls@{b}", f"w1_rls_bare@{b}", "p50_ms")
         out["library_sql_rls_vs_filter_p50"] = ratio(f"w1_libsql@{b}", f"w1_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p50"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p50_ms")
         out["w2_rls_vs_filter_p99"] = ratio(f"w2_rls@{b}", f"w2_filter@{b}", "p99_ms")
@@ -933,43 +1129,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
         # Server CPU per transaction (barely disturbed by other load on the machine).
-        # (label, script, login, identity helpers)
-        cpu_forms = [
-            ("w1_rls", "w1_rls", APP_LOGIN, None),
-            ("w1_filter", "w1_filter", FILTER_LOGIN, None),
-            ("w1_libsql", "w1_libsql", APP_LOGIN, None),
+        # (label, script, login, identity helpers, context)
+        cpu_forms: list[tuple[str, str, str, str | None, str | None]] = [
+            ("w1_rls", "w1_rls", APP_LOGIN, None, None),
+            ("w1_filter", "w1_filter", FILTER_LOGIN, None, None),
+            ("w1_libsql", "w1_libsql", APP_LOGIN, None, None),
+            ("w1_rls_bare", "w1_rls", APP_LOGIN, None, "bare"),
         ]
         if both_identities:
-            cpu_forms.append(("w1_rls_portable", "w1_rls", APP_LOGIN, "portable"))
+            cpu_forms.append(("w1_rls_portable", "w1_rls", APP_LOGIN, "portable", None))
+            cpu_forms.append(("w1_rls_portable_bare", "w1_rls", APP_LOGIN, "portable", "bare"))
         cpu: dict[str, list[float]] = {label: [] for label, *_ in cpu_forms}
         n_cpu = 40 if quick else 300
         for _ in range(3 if quick else 7):
-            for label, form, login, identity in cpu_forms:
+            for label, form, login, identity, context in cpu_forms:
                 use_identity(server, db_b, identity)
+                use_context(server, db_b, context)
                 value = server_cpu_per_tx(
                     server.url(dbs[b], login),
                     parse_script(SQL_DIR / f"{form}.sql"),
-                    w1_vars(big, key),
+                    w1_vars(big),
                     n_cpu,
                 )
                 if value is not None:
                     cpu[label].append(value)
         use_identity(server, db_b, None)
+        use_context(server, db_b, None)
         if all(cpu.values()):
             out["server_cpu_us_per_tx"] = {k: statistics.median(v) for k, v in cpu.items()}
             out["rls_vs_filter_server_cpu"] = (
                 out["server_cpu_us_per_tx"]["w1_rls"] / out["server_cpu_us_per_tx"]["w1_filter"]
+            )
+            out["rls_bare_vs_filter_server_cpu"] = (
+                out["server_cpu_us_per_tx"]["w1_rls_bare"]
+                / out["server_cpu_us_per_tx"]["w1_filter"]
             )
             if both_identities:
                 out["rls_portable_vs_filter_server_cpu"] = (
                     out["server_cpu_us_per_tx"]["w1_rls_portable"]
                     / out["server_cpu_us_per_tx"]["w1_filter"]
                 )
+                out["rls_portable_bare_vs_filter_server_cpu"] = (
+                    out["server_cpu_us_per_tx"]["w1_rls_portable_bare"]
+                    / out["server_cpu_us_per_tx"]["w1_filter"]
+                )
         log(f"server CPU per tx: {out.get('server_cpu_us_per_tx')}")
 
         # Workload 3: refresh claims, 2 concurrent workers.
         reset_claims(server, dbs[b])
-        w3 = Case("w3_claim", dbs[b], "w3_claim.sql", FILTER_LOGIN, {"key": key})
+        w3 = Case("w3_claim", dbs[b], "w3_claim.sql", FILTER_LOGIN, {})
         claims = pgbench(server, w3, transactions=5 if quick else 40, clients=2)
         reset_claims(server, dbs[b])
         out["w3"] = {
@@ -986,16 +1194,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server,
             dbs[b],
             key,
+            _context_keys[dbs[b]],
             big.users,
             rounds=3 if quick else 7,
             iterations=30 if quick else 300,
         )
         out["library_vs_raw_p50"] = out["library"]["library_vs_raw_p50"]
+        out["library_vs_sql_decrypt_p50"] = out["library"]["library_vs_sql_decrypt_p50"]
         log(f"library: {out['library']}")
 
         out["decrypt"] = decrypt_throughput(server, dbs[b], key)
         out["decrypt_tokens_per_s"] = out["decrypt"]["tokens_per_s_cpu"]
-        log(f"decrypt: {out['decrypt']}")
+        out["decrypt_sql"] = decrypt_throughput_sql(server, dbs[b], key)
+        out["decrypt_sql_tokens_per_s"] = out["decrypt_sql"]["tokens_per_s_cpu"]
+        log(f"decrypt: {out['decrypt']}; in SQL: {out['decrypt_sql']}")
 
         # Last: it deletes the expired sessions.
         out["cleanup"] = cleanup_under_load(
@@ -1061,6 +1273,12 @@ def report_table(res: dict[str, Any]) -> str:
                 forms.append(("libsql", "(a) RLS, the library's statements"))
                 if f"w1_rls_portable@{b}" in lat:
                     forms.append(("rls_portable", "(a) RLS, portable identity helpers"))
+                if f"w1_rls_bare@{b}" in lat:
+                    forms.append(("rls_bare", "(a) RLS, bare app.user_id (no context key)"))
+                if f"w1_rls_portable_bare@{b}" in lat:
+                    forms.append(
+                        ("rls_portable_bare", "(a) RLS, portable helpers, bare app.user_id")
+                    )
             for form, name in forms:
                 k = lat[f"{w}_{form}@{scale}"]
                 lines.append(
@@ -1078,6 +1296,15 @@ def report_table(res: dict[str, Any]) -> str:
             "w1 via raw psycopg", "(a) RLS", _fmt(lib["raw_p50_ms"], 3), _fmt(lib["raw_p99_ms"], 3)
         ),
     ]
+    if "raw_sql_decrypt_p50_ms" in lib:
+        lines.append(
+            _row(
+                "w1 via raw psycopg, tokens decrypted in SQL (the old path)",
+                "(a) RLS",
+                _fmt(lib["raw_sql_decrypt_p50_ms"], 3),
+                _fmt(lib["raw_sql_decrypt_p99_ms"], 3),
+            )
+        )
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
@@ -1103,6 +1330,20 @@ def report_table(res: dict[str, Any]) -> str:
                 "",
             )
         )
+    if "rls_bare_vs_filter_p50" in res:
+        bare_cpu = (
+            f"; server CPU {_fmt(res['rls_bare_vs_filter_server_cpu'])}"
+            if "rls_bare_vs_filter_server_cpu" in res
+            else ""
+        )
+        lines.append(
+            _row(
+                "(the same with the bare app.user_id, no context key: as before issue 14)",
+                f"{_fmt(res['rls_bare_vs_filter_p50'])} "
+                f"(p99 {_fmt(res['rls_bare_vs_filter_p99'])}{bare_cpu})",
+                "",
+            )
+        )
     if "rls_portable_vs_filter_p50" in res:
         portable_cpu = (
             f"; server CPU {_fmt(res['rls_portable_vs_filter_server_cpu'])}"
@@ -1117,6 +1358,19 @@ def report_table(res: dict[str, Any]) -> str:
                 verdict(res["rls_portable_vs_filter_p50"] <= 1.10) + " without the extension",
             )
         )
+    if "rls_portable_bare_vs_filter_p50" in res:
+        portable_bare_cpu = (
+            f"; server CPU {_fmt(res['rls_portable_bare_vs_filter_server_cpu'])}"
+            if "rls_portable_bare_vs_filter_server_cpu" in res
+            else ""
+        )
+        lines.append(
+            _row(
+                "(portable identity helpers, bare app.user_id)",
+                f"{_fmt(res['rls_portable_bare_vs_filter_p50'])}{portable_bare_cpu}",
+                "",
+            )
+        )
     lines += [
         _row(
             "(w1 with the library's statements, RLS ÷ filter, p50)",
@@ -1128,6 +1382,17 @@ def report_table(res: dict[str, Any]) -> str:
             "library ÷ raw psycopg, p50 ≤ 1.25",
             _fmt(res["library_vs_raw_p50"]),
             verdict(res["library_vs_raw_p50"] <= 1.25),
+        ),
+        *(
+            [
+                _row(
+                    "(library, decrypting in-process ÷ raw psycopg decrypting in SQL, p50)",
+                    _fmt(res["library_vs_sql_decrypt_p50"]),
+                    "",
+                )
+            ]
+            if "library_vs_sql_decrypt_p50" in res
+            else []
         ),
         _row(
             "full ÷ 1% scale, p50 of w1 and w2 ≤ 1.3",
@@ -1152,11 +1417,30 @@ def report_table(res: dict[str, Any]) -> str:
             f"longest seen {_fmt(cl['max_lock_wait_s'], 3)} s",
             verdict(cl["max_lock_wait_s"] <= 1.0),
         ),
-        _row(
-            "decryption ≥ 50,000 tokens/s on one core",
-            f"{res['decrypt_tokens_per_s']:,.0f}/s of CPU "
-            f"({res['decrypt']['tokens_per_s_wall']:,.0f}/s wall)",
-            verdict(res["decrypt_tokens_per_s"] >= 50_000),
+        *(
+            [
+                _row(
+                    "decryption through the library (in-process) ≥ 100,000 tokens/s on one core",
+                    f"{res['decrypt_tokens_per_s']:,.0f}/s of CPU "
+                    f"({res['decrypt']['tokens_per_s_wall']:,.0f}/s wall)",
+                    verdict(res["decrypt_tokens_per_s"] >= 100_000),
+                ),
+                _row(
+                    "(decryption in SQL, decrypt_token with the master key, one backend)",
+                    f"{res['decrypt_sql_tokens_per_s']:,.0f}/s of CPU "
+                    f"({res['decrypt_sql']['tokens_per_s_wall']:,.0f}/s wall)",
+                    "",
+                ),
+            ]
+            if "decrypt_sql" in res
+            else [
+                _row(
+                    "decryption ≥ 50,000 tokens/s on one core",
+                    f"{res['decrypt_tokens_per_s']:,.0f}/s of CPU "
+                    f"({res['decrypt']['tokens_per_s_wall']:,.0f}/s wall)",
+                    verdict(res["decrypt_tokens_per_s"] >= 50_000),
+                )
+            ]
         ),
         _row("full scale loads in < 5 min", f"{load:.0f} s", verdict(load < 300)),
         _row(

@@ -1,6 +1,11 @@
 -- Workload 1, form (b): the statements of w1_rls.sql as a login that bypasses
 -- RLS (the physical limit), with the tenant filters written by hand: the caller
 -- knows the user id, and takes the organization from the session row.
+-- Bearer tokens come back as ciphertexts (format ag1, under the organization's
+-- data key), as the library's statement returns them: the library decrypts them
+-- in the application process (issue 12), so no key reaches the server. Form (a)
+-- returns the same ciphertexts; neither form decrypts in SQL.
+-- Variables: :nusers.
 \set u random(1, :nusers)
 BEGIN;
 SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
@@ -12,7 +17,7 @@ SELECT DISTINCT ON (v.name)
        v.env, v.auth_type, v.oauth_provider, v.enabled, v.created_at, v.updated_at,
        v.bearer_token IS NOT NULL AS has_bearer_token,
        v.organization_name, v.organization_slug, v.user_email, v.config_scope,
-       public.decrypt_token(v.bearer_token, :key) AS bearer_token
+       v.bearer_token
   FROM public.effective_mcp_configurations AS v
  WHERE v.organization_id = :s_organization_id AND (v.user_id IS NULL OR v.user_id = :s_user_id)
  ORDER BY v.name, v.user_id NULLS LAST;

@@ -7,11 +7,21 @@
 -- those in the largest organization, users 1..n, so every page is full).
 -- BEGIN and the context statement travel in one round trip (a pipeline), as the
 -- library sends them (agentapi_db.db); the server still does all of their work.
+-- The context is authenticated (issue 14): the database has a context key, so
+-- app.user_id counts only with app.context_token, an HMAC token for that user.
+-- pgbench cannot compute an HMAC, so run.py signs one token per user in advance
+-- (agentapi_db.context.ContextKey.sign, valid 12 hours) into bench.context_tokens
+-- and the context statement reads it: the same single statement and round trip,
+-- with a primary-key lookup that the library (which signs in-process) does not
+-- make. That lookup is charged to form (a) only: conservative.
 \set a random(1, :nadmins)
 \set u 50 * :a
 \startpipeline
 BEGIN;
-SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', md5('u' || :u)::uuid::text, true);
+SELECT set_config('role', 'agentapi_app', true), set_config('app.user_id', t.user_id::text, true),
+       set_config('app.context_token', t.token, true)
+  FROM bench.context_tokens AS t
+ WHERE t.u = :u;
 \endpipeline
 SELECT id, user_id, organization_id, workspace_path, system_prompt, metadata,
        created_at, expires_at, last_active_at,

@@ -1,8 +1,11 @@
 -- Workload 3: a refresh worker claims the 100 OAuth tokens that expire soonest
 -- (agentapi_db.refresh.claim_expiring's statement: FOR UPDATE SKIP LOCKED, a
--- lease, both tokens decrypted). Refresh workers serve every tenant, so there is
--- no RLS form: it runs as agentapi_service (BYPASSRLS), switched to per
--- transaction as the library's service_transaction does. Variables: :key.
+-- lease). Refresh workers serve every tenant, so there is no RLS form: it runs
+-- as agentapi_service, switched to per transaction as the library's
+-- service_transaction does; agentapi_service has no BYPASSRLS, it reads and
+-- writes through its unconditional policies (mcp_oauth_tokens_service USING
+-- (true)). Both tokens come back as ciphertexts: the library decrypts them in
+-- the application process (issue 12), so no key reaches the server.
 BEGIN;
 SELECT set_config('role', 'agentapi_service', true);
 WITH due AS (
@@ -24,6 +27,5 @@ UPDATE public.mcp_oauth_tokens AS t
  WHERE t.id = due.id
 RETURNING t.id, t.user_id, t.organization_id, t.mcp_configuration_id, t.oauth_provider,
           t.token_type, t.scope, t.expires_at, t.refresh_claimed_until, t.refresh_failure_count,
-          public.decrypt_token(t.access_token, :key),
-          public.decrypt_token(t.refresh_token, :key);
+          t.access_token, t.refresh_token;
 COMMIT;
