@@ -498,7 +498,7 @@ CREATE TABLE public.audit_logs_default PARTITION OF public.audit_logs DEFAULT;
 
 COMMENT ON TABLE public.audit_logs IS
     'Immutable audit trail, range-partitioned by month on "timestamp". Append-only for every role; retention drops whole partitions. No foreign keys: a log outlives what it names.';
-COMMENT ON TABLE public.audit_logs_default IS 'Catch-all partition for events outside the monthly partitions; audit_ensure_partitions() keeps it empty.';
+COMMENT ON TABLE public.audit_logs_default IS 'Catch-all partition that stays empty: its trigger audit_logs_refuse_unpartitioned refuses events outside the monthly partitions.';
 COMMENT ON COLUMN public.audit_logs."timestamp" IS 'When the event happened; set by the server for the application role.';
 COMMENT ON COLUMN public.audit_logs.resource_id IS 'Identifier of the resource the event is about, as text.';
 COMMENT ON COLUMN public.audit_logs.success IS 'Whether the audited action succeeded; error_message says why not.';
@@ -928,6 +928,41 @@ CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs
 -- TRUNCATE of a partition does not fire the parent's statement trigger.
 CREATE TRIGGER audit_logs_no_truncate BEFORE TRUNCATE ON public.audit_logs_default
     FOR EACH STATEMENT EXECUTE FUNCTION public.audit_logs_prevent_change();
+
+-- An event whose "timestamp" has no monthly partition (far in the future, or older
+-- than the oldest kept month) is refused rather than parked in audit_logs_default:
+-- a row there for a month would stop audit_ensure_partitions() from ever creating
+-- that month. Only rows routed to the default partition fire this trigger, so
+-- events in their month pay nothing. agentapi_service may set "timestamp";
+-- agentapi_app cannot (the server's now() always has a partition while upkeep runs).
+CREATE FUNCTION public.audit_logs_refuse_unpartitioned()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    first_part text;
+    last_part text;
+BEGIN
+    SELECT pg_catalog.min(c.relname::text), pg_catalog.max(c.relname::text)
+      INTO first_part, last_part
+      FROM pg_catalog.pg_inherits AS i
+      JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'public.audit_logs'::pg_catalog.regclass
+       AND c.relname ~ '^audit_logs_y[0-9]{4}m[0-9]{2}$';
+    RAISE EXCEPTION 'audit event timestamp % is outside the monthly partitions of audit_logs', NEW."timestamp"
+        USING ERRCODE = 'check_violation',
+              DETAIL = pg_catalog.format('The partitions run from %s to %s.',
+                                         coalesce(first_part, '(none)'), coalesce(last_part, '(none)')),
+              HINT = 'Record events at their real time; for a month ahead of the partitions run audit_ensure_partitions(months_ahead, months_back) first (agentapi_service).';
+END
+$$;
+
+COMMENT ON FUNCTION public.audit_logs_refuse_unpartitioned() IS
+    'BEFORE INSERT row trigger on audit_logs_default: refuses an event whose timestamp has no monthly partition, naming the range that exists.';
+
+CREATE TRIGGER audit_logs_refuse_unpartitioned BEFORE INSERT ON public.audit_logs_default
+    FOR EACH ROW EXECUTE FUNCTION public.audit_logs_refuse_unpartitioned();
 
 -- -----------------------------------------------------------------------------
 -- 7. Row-level security
@@ -1375,13 +1410,15 @@ LANGUAGE plpgsql
 VOLATILE
 AS $$
 DECLARE
-    new_id uuid := gen_random_uuid();
+    new_id uuid;
 BEGIN
-    INSERT INTO public.audit_logs (id, user_id, organization_id, action, resource_type, resource_id,
+    -- The id comes from the column default (nobody below the owner may supply one).
+    INSERT INTO public.audit_logs (user_id, organization_id, action, resource_type, resource_id,
                                    details, ip_address, user_agent, success, error_message)
-    VALUES (new_id, p_user_id, p_organization_id, p_action, p_resource_type, p_resource_id,
+    VALUES (p_user_id, p_organization_id, p_action, p_resource_type, p_resource_id,
             coalesce(p_details, '{}'::jsonb), p_ip_address, p_user_agent,
-            coalesce(p_success, true), p_error_message);
+            coalesce(p_success, true), p_error_message)
+    RETURNING id INTO new_id;
     RETURN new_id;
 END
 $$;
@@ -1503,11 +1540,15 @@ BEGIN
         -- Read through the parent: the owner's SELECT policy is on audit_logs, and a
         -- partition queried by name has FORCE RLS and no policy, so it looks empty.
         -- This month has no partition yet, so its rows can only be in the default one.
+        -- audit_logs_default refuses new rows (audit_logs_refuse_unpartitioned), so
+        -- this only finds events stored before that: report the month and go on with
+        -- the others, so that one stray event never stops upkeep for good.
         IF EXISTS (SELECT 1 FROM public.audit_logs AS d
                     WHERE d."timestamp" >= month_start AND d."timestamp" < month_end) THEN
-            RAISE EXCEPTION 'audit_logs_default holds events for %; cannot create %', month_start, part_name
+            RAISE WARNING 'audit_logs_default holds events for %; % not created, the other months are', month_start, part_name
                 USING ERRCODE = 'object_in_use',
-                      HINT = 'Partitions must be created ahead of time; see docs/operations.md.';
+                      HINT = 'Export those events, then retire audit_logs_default by hand; see docs/security.md.';
+            CONTINUE;
         END IF;
         EXECUTE pg_catalog.format(
             'CREATE TABLE public.%I PARTITION OF public.audit_logs FOR VALUES FROM (%L) TO (%L)',
@@ -1540,7 +1581,7 @@ END
 $$;
 
 COMMENT ON FUNCTION public.audit_ensure_partitions(integer, integer) IS
-    'Creates the missing monthly partitions of audit_logs, months_back months back to months_ahead months ahead of the current month; returns how many it created.';
+    'Creates the missing monthly partitions of audit_logs, months_back months back to months_ahead months ahead of the current month; returns how many it created. A month whose events sit in audit_logs_default is skipped with a WARNING, never an error.';
 
 DO $$ BEGIN PERFORM public.audit_ensure_partitions(3, 1); END $$;
 
@@ -1667,7 +1708,9 @@ GRANT UPDATE (content, priority, template, enabled) ON public.system_prompts TO 
 GRANT SELECT (id, "timestamp", user_id, organization_id, action, resource_type, resource_id,
               details, ip_address, user_agent, success, error_message)
     ON public.audit_logs TO agentapi_app;
-GRANT INSERT (id, user_id, organization_id, action, resource_type, resource_id, details, ip_address,
+-- Not id either: the primary key is (id, "timestamp") because audit_logs is
+-- partitioned, so only the column default (gen_random_uuid()) keeps ids unique.
+GRANT INSERT (user_id, organization_id, action, resource_type, resource_id, details, ip_address,
               user_agent, success, error_message) ON public.audit_logs TO agentapi_app;
 
 GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_app;
@@ -1692,8 +1735,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON
     public.mcp_oauth_tokens, public.system_prompts
 TO agentapi_service;
 GRANT SELECT ON public.audit_logs TO agentapi_service;
--- Per column: the service never writes the hash-chain columns of section 12.
-GRANT INSERT (id, "timestamp", user_id, organization_id, action, resource_type, resource_id, details,
+-- Per column: the service never writes the hash-chain columns of section 12, nor
+-- id (the default assigns it, so ids are unique across partitions; see 4.7).
+GRANT INSERT ("timestamp", user_id, organization_id, action, resource_type, resource_id, details,
               ip_address, user_agent, success, error_message) ON public.audit_logs TO agentapi_service;
 GRANT SELECT ON public.active_user_sessions, public.effective_mcp_configurations TO agentapi_service;
 GRANT EXECUTE ON FUNCTION

@@ -63,8 +63,12 @@ _SEED = (
        VALUES (%(u1)s, %(org1)s, %(cfg_org_oauth)s, 'github', 'ciphertext')""",
     """INSERT INTO audit_logs (user_id, organization_id, action, resource_type)
        VALUES (%(u1)s, %(org1)s, 'seed', 'test')""",
+    # audit_logs_default refuses new rows; plant one (as if stored before that
+    # trigger existed) to show the default partition is append-only too.
+    "ALTER TABLE audit_logs_default DISABLE TRIGGER audit_logs_refuse_unpartitioned",
     """INSERT INTO audit_logs ("timestamp", action, resource_type)
        VALUES ('2040-01-15', 'far-future', 'test')""",
+    "ALTER TABLE audit_logs_default ENABLE TRIGGER audit_logs_refuse_unpartitioned",
 )
 
 

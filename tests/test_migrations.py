@@ -20,6 +20,7 @@ from agentapi_db.migrations import (
 )
 from tests.cli_fixtures import empty_database
 from tests.pg import (
+    APP_LOGIN,
     OWNER_LOGIN,
     SCHEMA_SQL,
     PgServer,
@@ -344,3 +345,100 @@ def test_a_psql_built_database_is_adopted_only_with_baseline(db: TestDatabase) -
     assert history(url) == [(1, "schema", digest)]
     assert any("baseline" in m for m in messages)
     assert migrate(url) == []
+
+
+# --- issue 14: a migration lock the application cannot take -------------------------
+
+_APP_TABLE_LOCK = (
+    "LOCK TABLE agentapi_meta.schema_migrations IN SHARE UPDATE EXCLUSIVE MODE"
+)
+_SET_APP = "SET LOCAL ROLE agentapi_app"
+_HOLD_TABLE_LOCK = "LOCK TABLE agentapi_meta.schema_migrations IN SHARE UPDATE EXCLUSIVE MODE"
+
+
+def _add_migration(sql_copy: Path, version: int, table: str) -> None:
+    folder = sql_copy / "migrations"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{version:04d}_add_{table}.sql").write_text(
+        f"CREATE TABLE public.{table} (id uuid PRIMARY KEY);\n"
+        f"COMMENT ON TABLE public.{table} IS 'test';\n"
+    )
+
+
+def test_the_application_holding_the_old_advisory_lock_does_not_block_migrate(
+    pg_server: PgServer, empty_db: str, sql_copy: Path
+) -> None:
+    url = pg_server.url(empty_db)
+    migrate(url)
+    _add_migration(sql_copy, 2, "widgets")
+    done: list[list[Migration]] = []
+    with psycopg.connect(pg_server.url(empty_db, APP_LOGIN)) as app:
+        app.execute(_SET_APP)
+        assert app.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_KEY,)).fetchone() == (True,)
+        thread = threading.Thread(target=lambda: done.append(migrate(url)))
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the application's advisory lock stalled the migrator"
+        app.execute(_UNLOCK, (LOCK_KEY,))
+    assert [[m.version for m in r] for r in done] == [[2]]
+
+
+def test_the_application_cannot_take_the_migration_lock(
+    pg_server: PgServer, empty_db: str
+) -> None:
+    url = pg_server.url(empty_db)
+    migrate(url)
+    with psycopg.connect(pg_server.url(empty_db, APP_LOGIN)) as app:
+        app.execute(_SET_APP)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute(_APP_TABLE_LOCK)
+
+
+def test_a_held_table_lock_makes_the_migrator_wait(
+    pg_server: PgServer, empty_db: str, sql_copy: Path
+) -> None:
+    url = pg_server.url(empty_db)
+    migrate(url)
+    _add_migration(sql_copy, 2, "widgets")
+    messages: list[str] = []
+    with psycopg.connect(url) as holder:
+        holder.execute(_HOLD_TABLE_LOCK)
+        thread = threading.Thread(target=lambda: migrate(url, on_event=messages.append))
+        thread.start()
+        thread.join(timeout=2)
+        assert thread.is_alive(), "the migrator did not wait for the migration lock"
+        with psycopg.connect(url) as probe:
+            assert probe.execute(_TABLE_EXISTS, ("public.widgets",)).fetchone() == (False,)
+        holder.rollback()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert any("waiting" in m for m in messages)
+    assert [v for v, _, _ in history(url)] == [1, 2]
+
+
+def test_concurrent_migrators_of_a_migrated_database_apply_once(
+    pg_server: PgServer, empty_db: str, sql_copy: Path
+) -> None:
+    url = pg_server.url(empty_db)
+    migrate(url)
+    _add_migration(sql_copy, 2, "widgets")
+    _add_migration(sql_copy, 3, "gadgets")
+    barrier = threading.Barrier(2)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append([m.version for m in migrate(url)])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert sorted(results) == [[], [2, 3]]
+    assert [v for v, _, _ in history(url)] == [1, 2, 3]

@@ -20,9 +20,17 @@ Rules
     * A migration whose file changed after it was applied is refused (the checksum
       differs): migrations are immutable once applied. Fix forward with a new file.
     * A database that has a newer version than this package knows is refused.
-    * Only one migrator runs at a time: ``pg_advisory_lock`` on a fixed key, held on
-      the migrator's session for the whole run; a second one waits, then finds
-      nothing to do.
+    * Only one migrator runs at a time. Once the history table exists, a second
+      connection of the migrator holds ``LOCK TABLE agentapi_meta.schema_migrations
+      IN SHARE UPDATE EXCLUSIVE MODE`` for the whole run: that mode conflicts with
+      itself but not with the reads and inserts of the history the run makes, and
+      only the owner can take it (the application roles have no privilege on
+      ``agentapi_meta``, so they can neither stall nor race a migration). Before
+      the history exists (the first deployment, version 1 or ``--baseline``) there
+      is no table to lock: the bootstrap step alone takes ``pg_advisory_lock`` on
+      a fixed key, re-checks, and then hands over to the table lock. A second
+      migrator waits, then finds nothing to do. A later migration must not alter
+      ``agentapi_meta.schema_migrations`` itself (it would wait for its own lock).
     * Version 1 creates roles and extensions. It runs as the database's owner with
       CREATEROLE (what managed PostgreSQL gives: no superuser needed, on the old
       CREATEROLE rules of 15 and the new ones of 16+), or as a superuser; it refuses
@@ -44,7 +52,7 @@ extensions, policies, ``SET ROLE`` sections). Alembic is built around SQLAlchemy
 and Python revision scripts with a revision graph we do not need; yoyo stores its
 own bookkeeping tables in ``public`` (which our posture checks would then have to
 special-case), splits files into statements itself and does not know about the
-superuser/owner split. What we need (ordered files, sha256 checksums, an advisory
+superuser/owner split. What we need (ordered files, sha256 checksums, a migration
 lock, one transaction per file, a private history table) is ~300 lines, docs included, with no new
 dependency and no SQLAlchemy.
 """
@@ -82,7 +90,8 @@ OWNER_ROLE = "agentapi_owner"
 LOCK_KEY: int = int.from_bytes(
     hashlib.sha256(b"agentapi-db:migrations").digest()[:8], "big", signed=True
 )
-"""Key of the session-level advisory lock every migrator takes."""
+"""Key of the session-level advisory lock taken only to bootstrap the history (any
+role can take an advisory lock; once the history exists the table lock is used)."""
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _ALLOWED_META = re.compile(r"^\\set\s+ON_ERROR_STOP\b.*$")
@@ -100,6 +109,15 @@ _SQL_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
 _SQL_LOCK = "SELECT pg_advisory_lock(%s)"
 _SQL_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 _SQL_SET_OWNER = "SET LOCAL ROLE agentapi_owner"
+# The migration lock, on the lock connection's transaction: a mode that conflicts
+# with itself, not with SELECT or INSERT on the history; only its owner may take it.
+# The lock session may wait for another migrator and then sit idle for the whole run.
+_SQL_LOCK_SESSION = (
+    "SET LOCAL lock_timeout = 0; SET LOCAL idle_in_transaction_session_timeout = 0; "
+    "SET LOCAL statement_timeout = 0"
+)
+_SQL_LOCK_HISTORY = "LOCK TABLE agentapi_meta.schema_migrations IN SHARE UPDATE EXCLUSIVE MODE"
+_SQL_TRY_LOCK_HISTORY = _SQL_LOCK_HISTORY + " NOWAIT"
 _SQL_RESET_ROLE = "RESET ROLE"
 _SQL_RECORD = (
     "INSERT INTO agentapi_meta.schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
@@ -289,14 +307,45 @@ def migrate(
     say = on_event or (lambda _msg: None)
     files = available_migrations()
     with psycopg.connect(url, autocommit=True) as conn:
-        if conn.execute(_SQL_TRY_LOCK, (LOCK_KEY,)).fetchone() != (True,):
-            say("another migrator holds the migration lock; waiting for it")
-            conn.execute(_SQL_LOCK, (LOCK_KEY,))
-        try:
-            return _migrate_locked(conn, files, baseline=baseline, say=say)
-        finally:
-            if not conn.closed and not conn.broken:
-                conn.execute(_SQL_UNLOCK, (LOCK_KEY,))
+        applied: list[Migration] = []
+        if not _scalar(conn, _SQL_HISTORY_EXISTS):
+            applied = _bootstrap(conn, files, baseline=baseline, say=say)
+            baseline = False  # adopted (or made) by the bootstrap, here or elsewhere
+        with psycopg.connect(url, autocommit=False) as lock_conn:
+            _lock_history(lock_conn, say)
+            try:
+                return applied + _migrate_locked(conn, files, baseline=baseline, say=say)
+            finally:
+                if not lock_conn.closed and not lock_conn.broken:
+                    lock_conn.rollback()
+
+
+def _bootstrap(
+    conn: Conn, files: list[Migration], *, baseline: bool, say: Callable[[str], None]
+) -> list[Migration]:
+    """Version 1 (or its baseline) under the advisory lock, while no history exists."""
+    if conn.execute(_SQL_TRY_LOCK, (LOCK_KEY,)).fetchone() != (True,):
+        say("another migrator holds the migration lock; waiting for it")
+        conn.execute(_SQL_LOCK, (LOCK_KEY,))
+    try:
+        if _scalar(conn, _SQL_HISTORY_EXISTS):
+            return []  # another migrator made it while we waited
+        return _migrate_locked(conn, files[:1], baseline=baseline, say=say)
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute(_SQL_UNLOCK, (LOCK_KEY,))
+
+
+def _lock_history(lock_conn: Conn, say: Callable[[str], None]) -> None:
+    """Take the migration lock on ``lock_conn``; it is held until that transaction ends."""
+    lock_conn.execute(_SQL_SET_OWNER)
+    lock_conn.execute(_SQL_LOCK_SESSION)
+    try:
+        with lock_conn.transaction():  # a savepoint: NOWAIT's failure leaves the rest
+            lock_conn.execute(_SQL_TRY_LOCK_HISTORY)
+    except psycopg.errors.LockNotAvailable:
+        say("another migrator holds the migration lock; waiting for it")
+        lock_conn.execute(_SQL_LOCK_HISTORY)
 
 
 def _migrate_locked(
@@ -315,7 +364,8 @@ def _migrate_locked(
                 "`agentapi-db migrate --baseline`"
             )
         with conn.transaction():
-            _ensure_history(conn)
+            if not state.has_history:  # else it is locked by this migrator: leave it be
+                _ensure_history(conn)
             _record(conn, pending[0])
         say(f"baseline: recorded migration 1 ({pending[0].name}) as applied without running it")
         pending = pending[1:]
@@ -333,7 +383,8 @@ def _migrate_locked(
                 if migration.version == 1:
                     conn.execute(text.encode())
                     conn.execute(_SQL_RESET_ROLE)
-                    _ensure_history(conn)
+                    if not state.has_history:
+                        _ensure_history(conn)
                 else:
                     conn.execute(_SQL_SET_OWNER)
                     conn.execute(text.encode())
