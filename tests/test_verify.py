@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from agentapi_db import context_admin, lint
+from agentapi_db.logins import create_login
 from agentapi_db.migrations import migrate
 from agentapi_db.verify import CheckResult, run_checks
 from tests.cli_fixtures import empty_database
@@ -49,6 +52,7 @@ def test_a_migrated_database_passes_every_check(migrated_url: str) -> None:
     expected = {f"lint:{item.name}" for item in lint.LINTS} | {
         "login_roles",
         "login_escalation",
+        "login_timeouts",
         "context_key",
         "migration_history",
         "schema_version",
@@ -197,3 +201,47 @@ def test_logging_settings_are_warnings_not_failures(migrated_url: str) -> None:
     assert logging.ok and len(logging.warnings) == 2
     assert logging.warnings[0].startswith("log_statement = all")
     assert logging.warnings[1].startswith("log_min_duration_statement is set")
+
+
+_TIMEOUT_LOGIN = "verify_test_timeout_login"
+_WHO_WAITS = "SELECT count(*) FROM public.users"
+
+
+def _timeout_warnings(url: str) -> list[str]:
+    return [w for w in checks(url)["login_timeouts"].warnings if _TIMEOUT_LOGIN in w]
+
+
+def test_logins_without_timeouts_are_warned_about_and_login_create_bounds_them(
+    migrated_url: str,
+) -> None:
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute(sql.SQL(_DROP_ROLE).format(sql.Identifier(_TIMEOUT_LOGIN)))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN NOINHERIT").format(
+            sql.Identifier(_TIMEOUT_LOGIN)))
+        try:
+            conn.execute(sql.SQL(_GRANT_APP).format(sql.Identifier(_TIMEOUT_LOGIN)))
+            (warning,) = _timeout_warnings(migrated_url)
+            assert "lock_timeout, statement_timeout, idle_in_transaction_session_timeout" in warning
+            assert checks(migrated_url)["login_timeouts"].ok  # a warning, not a finding
+        finally:
+            conn.execute(sql.SQL(_DROP_ROLE).format(sql.Identifier(_TIMEOUT_LOGIN)))
+        create_login(conn, _TIMEOUT_LOGIN, "app", "pw", timeouts={
+            "idle_in_transaction_session_timeout": "1s"})
+        try:
+            assert _timeout_warnings(migrated_url) == []
+            # The bound is real: a transaction of the login that locks users and then
+            # idles is ended by the server, and another tenant's read proceeds.
+            holder = psycopg.connect(
+                make_conninfo(migrated_url, user=_TIMEOUT_LOGIN, password="pw"))
+            holder.execute("SET ROLE agentapi_app")
+            holder.execute("LOCK TABLE public.users IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with psycopg.connect(migrated_url) as other:
+                other.execute(_WHO_WAITS).fetchone()
+            waited = time.monotonic() - started
+            assert 0.5 < waited < 10, waited
+            with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+                holder.execute("SELECT 1")
+            holder.close()
+        finally:
+            conn.execute(sql.SQL(_DROP_ROLE).format(sql.Identifier(_TIMEOUT_LOGIN)))

@@ -39,6 +39,18 @@ _SQL_ROLE_EXISTS = "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s"
 _SQL_CREATE = "CREATE ROLE {} LOGIN NOINHERIT PASSWORD {}"
 _SQL_GRANT = "GRANT {} TO {}"
 _SQL_COMMENT = "COMMENT ON ROLE {} IS {}"
+_SQL_SET = "ALTER ROLE {} SET {} = {}"
+
+LOGIN_TIMEOUTS: dict[str, str] = {
+    "lock_timeout": "5s",
+    "statement_timeout": "30s",
+    "idle_in_transaction_session_timeout": "60s",
+}
+"""What every login made here gets (``ALTER ROLE ... SET``): a transaction of the
+login holds a lock at most one statement (statement_timeout) plus the pauses between
+statements (idle_in_transaction_session_timeout), and waits for one at most
+lock_timeout. They bound accidents and leaked transactions; the login may still change
+them in its own session, so they are no defence against an attacker (docs/security.md)."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,17 @@ class CreatedLogin:
     group: str
 
 
-def create_login(conn: Conn, name: str, role: str, password: str) -> CreatedLogin:
+def create_login(
+    conn: Conn,
+    name: str,
+    role: str,
+    password: str,
+    *,
+    timeouts: dict[str, str] | None = None,
+) -> CreatedLogin:
     """Create login ``name`` (NOINHERIT) with ``password`` and grant it ``role``'s group.
+
+    The login gets :data:`LOGIN_TIMEOUTS` (``timeouts`` overrides single values).
 
     Runs in one transaction on ``conn``: nothing is left half-made. Raises
     :class:`InvalidInput` for a bad name, role or empty password and
@@ -77,6 +98,12 @@ def create_login(conn: Conn, name: str, role: str, password: str) -> CreatedLogi
         ident = sql.Identifier(name)
         conn.execute(sql.SQL(_SQL_CREATE).format(ident, sql.Literal(verifier)))
         conn.execute(sql.SQL(_SQL_GRANT).format(sql.Identifier(group), ident))
+        for setting, value in (LOGIN_TIMEOUTS | (timeouts or {})).items():
+            if setting not in LOGIN_TIMEOUTS:
+                raise InvalidInput(f"unknown timeout {setting}", rule="login_timeouts")
+            conn.execute(
+                sql.SQL(_SQL_SET).format(ident, sql.Identifier(setting), sql.Literal(value))
+            )
         conn.execute(
             sql.SQL(_SQL_COMMENT).format(
                 ident, sql.Literal(f"agentapi-db {role} login (member of {group}).")

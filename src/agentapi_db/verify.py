@@ -88,6 +88,35 @@ SELECT r.rolname, 'agentapi_owner'
 HAVING pg_catalog.count(DISTINCT members.groupname) = 2
  ORDER BY 1
 """
+# Logins that can act as agentapi_app or agentapi_service, with the timeouts set
+# for them in this database or everywhere (role-in-database, role, database).
+_SQL_LOGIN_TIMEOUTS = """
+WITH RECURSIVE members (roleid) AS (
+    SELECT m.member
+      FROM pg_catalog.pg_auth_members AS m
+      JOIN pg_catalog.pg_roles AS g ON g.oid = m.roleid
+     WHERE g.rolname IN ('agentapi_app', 'agentapi_service')
+    UNION
+    SELECT m.member
+      FROM pg_catalog.pg_auth_members AS m JOIN members ON m.roleid = members.roleid
+)
+, here (oid) AS (
+    SELECT d.oid FROM pg_catalog.pg_database AS d
+     WHERE d.datname = pg_catalog.current_database()
+)
+SELECT r.rolname::text,
+       pg_catalog.array_cat(pg_catalog.array_cat(
+           (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting AS s, here
+             WHERE s.setrole = r.oid AND s.setdatabase = here.oid),
+           (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting AS s
+             WHERE s.setrole = r.oid AND s.setdatabase = 0)),
+           (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting AS s, here
+             WHERE s.setrole = 0 AND s.setdatabase = here.oid))
+  FROM pg_catalog.pg_roles AS r
+ WHERE r.rolcanlogin AND NOT r.rolsuper AND r.oid IN (SELECT roleid FROM members)
+ ORDER BY 1
+"""
+_BOUNDED_SETTINGS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
 _USABLE_MEMBERSHIP_16 = "m.set_option OR m.inherit_option"  # columns new in 16
 _USABLE_MEMBERSHIP_15 = "true"
 
@@ -182,6 +211,29 @@ def _check_login_escalation(conn: Conn) -> CheckResult:
     )
 
 
+def _check_login_timeouts(conn: Conn) -> CheckResult:
+    warnings: list[str] = []
+    for name, config in conn.execute(_SQL_LOGIN_TIMEOUTS.encode()).fetchall():
+        found: dict[str, str] = {}
+        for entry in config or []:  # the first (most specific) setting wins
+            key, _, value = str(entry).partition("=")
+            found.setdefault(key, value)
+        unbounded = [s for s in _BOUNDED_SETTINGS if found.get(s, "0") in ("0", "")]
+        if unbounded:
+            warnings.append(
+                f"login {name} has no {', '.join(unbounded)}: one of its transactions can "
+                "hold a lock (LOCK TABLE, a long statement, an idle transaction) and stall "
+                f"every tenant; ALTER ROLE {name} SET ... (docs/security.md)"
+            )
+    return CheckResult(
+        "login_timeouts",
+        "logins acting as agentapi_app or agentapi_service have lock_timeout, "
+        "statement_timeout and idle_in_transaction_session_timeout (warnings only)",
+        [],
+        warnings,
+    )
+
+
 def _check_context_key(conn: Conn) -> CheckResult:
     findings: list[str] = []
     try:
@@ -263,6 +315,7 @@ def run_checks(conn: Conn) -> list[CheckResult]:
         *_lint_checks(conn),
         _check_login_roles(conn),
         _check_login_escalation(conn),
+        _check_login_timeouts(conn),
         _check_context_key(conn),
         _check_meta(conn),
         _check_schema_version(conn),
