@@ -273,9 +273,12 @@ def check_mcp_rules(
 
 
 class McpConfigSpec(BaseModel):
-    """What a caller gives to create an MCP configuration; validated on construction."""
+    """What a caller gives to create an MCP configuration; validated on construction.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Its validation errors never show the input (``hide_input_in_errors``): it holds
+    the bearer token and the env values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     name: str = Field(min_length=1, max_length=200)
     type: McpType
     endpoint: str | None = None

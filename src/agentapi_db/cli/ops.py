@@ -157,6 +157,7 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
                         "unreadable": c.unreadable,
                         "legacy_format": c.legacy,
                         "direct_master_key": c.direct,
+                        "plaintext": c.plaintext,
                         "sample_ids": [str(i) for i in c.sample],
                     }
                     for c in report.columns
@@ -178,6 +179,8 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             line += f", {c.legacy} still in the previous (OpenPGP) format"
         if c.direct:
             line += f", {c.direct} directly under the master key"
+        if c.plaintext:
+            line += f", {c.plaintext} stored in plaintext"
         if c.unreadable:
             line += f", {c.unreadable} open with neither key"
         if c.sample:
