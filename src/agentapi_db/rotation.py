@@ -21,8 +21,9 @@ an operator's ``encrypt_token`` in psql writes) to their organization's data key
 
 Without an old key, a run moves values of the previous format (or under the one
 master key directly) to the data keys. While a rotation runs, the application must run with both
-keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old): it
-then decrypts with either and encrypts with the new one.
+keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old, or a
+key ring ``AGENTAPI_ENCRYPTION_KEYS`` with the new key first): it then decrypts
+with any and encrypts with the new one.
 
 :func:`verify_rotation` checks, without changing anything, that every value is
 under a data key wrapped by the new master key, and none opens with the old one.
@@ -31,7 +32,7 @@ Per-organization data-key rotation is :mod:`agentapi_db.datakeys`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, LiteralString
 from uuid import UUID
@@ -224,11 +225,16 @@ class VerifyReport:
         return sum(c.total for c in self.columns)
 
 
-def _check_keys(new_key: EncryptionKey, old_key: EncryptionKey | None) -> None:
-    if old_key is not None and old_key == new_key:
+def _previous(
+    new_key: EncryptionKey, old_key: EncryptionKey | None, other_keys: Sequence[EncryptionKey]
+) -> tuple[EncryptionKey, ...]:
+    """The keys besides the new (primary) one: the old key, then the ring's others."""
+    previous = ((old_key,) if old_key is not None else ()) + tuple(other_keys)
+    if any(k == new_key for k in previous):
         raise ConfigurationError(
             "the old and the new encryption key are the same key; nothing to rotate"
         )
+    return previous
 
 
 def count_encrypted_values(conn: Conn) -> int:
@@ -308,17 +314,20 @@ def rotate_keys(
     *,
     batch_size: int = 500,
     on_batch: Callable[[int], None] | None = None,
+    other_keys: Sequence[EncryptionKey] = (),
 ) -> RotationResult:
     """Re-wrap every data key by ``new_key`` and move every other value to a data key;
     see the module docstring.
+
+    ``old_key`` and ``other_keys`` (a key ring's keys besides its primary) only
+    decrypt: a data key wrapped by any of them is re-wrapped by ``new_key``.
 
     ``conn`` must be in autocommit mode (each batch is its own transaction).
     ``on_batch(values_seen)`` is called after each committed batch.
     """
     if batch_size < 1 or batch_size > 100_000:
         raise InvalidInput("batch size must be between 1 and 100000", rule="batch_size")
-    _check_keys(new_key, old_key)
-    ring = KeyRing(new_key, () if old_key is None else (old_key,))
+    ring = KeyRing(new_key, _previous(new_key, old_key, other_keys))
     result = RotationResult()
     _rewrap_data_keys(conn, ring, batch_size, result, on_batch)
     for table, columns, lock_sql, write_sql in _BATCHES:
@@ -404,17 +413,18 @@ def _load_data_keys(
 
 
 def verify_rotation(
-    conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None
+    conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None,
+    *, other_keys: Sequence[EncryptionKey] = (),
 ) -> VerifyReport:
     """Check every data key is wrapped by ``new_key`` and every value is under a data
-    key, none opening with ``old_key``; changes nothing. Everything is read as
-    ciphertext and checked in this process."""
-    _check_keys(new_key, old_key)
+    key, none opening with ``old_key`` (or any of ``other_keys``); changes nothing.
+    Everything is read as ciphertext and checked in this process."""
+    previous = _previous(new_key, old_key, other_keys)
     new = KeyRing(new_key)
-    old = None if old_key is None else KeyRing(old_key)
+    old = KeyRing(previous[0], previous[1:]) if previous else None
     counts: dict[str, dict[str, int]] = {c: {} for c in ENCRYPTED_COLUMNS}
     samples: dict[str, list[UUID]] = {c: [] for c in ENCRYPTED_COLUMNS}
-    report = VerifyReport(checked_old_key=old_key is not None)
+    report = VerifyReport(checked_old_key=bool(previous))
     with service_transaction(conn):
         conn.execute(_SQL_READ_ONLY)
         _load_data_keys(conn, new, old, report)
