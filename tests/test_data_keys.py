@@ -24,6 +24,7 @@ from tests.pg import APP_LOGIN, SERVICE_LOGIN, SUPERUSER, TestDatabase, acting, 
 
 _KEYS = "SELECT organization_id, key_id, wrapped_key, is_primary FROM organization_data_keys"
 _BEARERS = "SELECT organization_id, bearer_token FROM mcp_configurations ORDER BY name"
+_ENVS = "SELECT organization_id, env FROM mcp_configurations WHERE env <> '{}'"
 _ALL_BEARERS = "SELECT bearer_token FROM mcp_configurations WHERE bearer_token IS NOT NULL"
 _AUDIT = "SELECT details FROM audit_logs WHERE action = 'organization.delete'"
 
@@ -116,8 +117,13 @@ def test_delete_shreds_and_an_old_backup_no_longer_opens_after_master_rotation(
 ) -> None:
     old_master, new_master = EncryptionKey.generate(), EncryptionKey.generate()
     app, t = _populate(db, old_master)
+    with app.as_user(t.alice) as tx:  # env values are shredded with the rest
+        tx.mcp.create(name="env", type="stdio", command="srv",
+                      env={"GITHUB_TOKEN": "env-token-a"})
     app.close()
-    a_values = [r[1] for r in _rows(db, _BEARERS) if r[0] == t.org_a]
+    a_values = [r[1] for r in _rows(db, _BEARERS) if r[0] == t.org_a and r[1]]
+    a_env = [v for r in _rows(db, _ENVS) if r[0] == t.org_a for v in r[1].values()]
+    assert len(a_env) == 1
     migrations.migrate(db.url(SUPERUSER), baseline=True)
     dump = tmp_path / "before-delete.dump"
     su = {"AGENTAPI_DATABASE_URL": db.url(SUPERUSER)}
@@ -132,7 +138,7 @@ def test_delete_shreds_and_an_old_backup_no_longer_opens_after_master_rotation(
     assert {r[0] for r in _rows(db, _KEYS)} == {t.org_b}
     (details,) = _rows(db, _AUDIT)[0]
     assert details["slug"] == "org-a" and details["crypto_shredded"] is True
-    assert len(details["data_key_ids"]) == 1 and details["mcp_configurations"] == 2
+    assert len(details["data_key_ids"]) == 1 and details["mcp_configurations"] == 3
 
     # The closing step: a new master key re-wraps the remaining data keys; the old
     # master key is then destroyed (here: never used again).
@@ -151,15 +157,17 @@ def test_delete_shreds_and_an_old_backup_no_longer_opens_after_master_rotation(
         assert len(wrapped) == 1
         old_values = [r[0] for r in _rows(db, _ALL_BEARERS, dbname=restored)]
         assert set(a_values) <= set(old_values)
+        assert a_env == [v for r in _rows(db, _ENVS, dbname=restored) if r[0] == t.org_a
+                         for v in r[1].values()]
         # ... which nothing in use opens: the key ring now holds the new master only.
         current = KeyRing(new_master)
         with psycopg.connect(db.server.url(restored)) as conn:
-            for value in a_values:
+            for value in a_values + a_env:
                 with pytest.raises(DecryptionError):
                     drive(conn, open_values(current, [value]))
             # Control: the destroyed master key would have opened it. Destroying it
             # is what the closing step relies on.
-            assert drive(conn, open_values(KeyRing(old_master), [a_values[0]])) == [
-                "same-token-a"]
+            assert drive(conn, open_values(KeyRing(old_master), [a_values[0], a_env[0]])) == [
+                "same-token-a", "env-token-a"]
     finally:
         drop_database(db.server, restored)

@@ -6,8 +6,10 @@ A throwaway cluster of its own runs with ``log_statement = all``,
 logged at any length (also on error), and ``auto_explain`` preloaded with
 ``log_analyze``, ``log_verbose`` and ``log_nested_statements`` at 0 ms. Every library
 path that touches a secret runs against it (store, read, update, a failing write,
-OAuth tokens, refresh claim / store / failure, master-key rotation and its
-verification, one organization's data-key rotation, crypto-shredding);
+MCP env values (store, read, update, keep, a failing write, and the migration of a
+plaintext value from before by rotate-key), OAuth tokens, refresh claim / store /
+failure, master-key rotation and its verification, one organization's data-key
+rotation, crypto-shredding);
 then the server log is searched for every key and every token, as plain text, hex
 and base64. The log must also show that the statements, their parameters and
 their plans were logged, so the search cannot pass vacuously.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from agentapi_db import Database, opsdb
 from agentapi_db.cluster import LocalCluster
@@ -40,6 +43,7 @@ from tests.pg import (
     APP_LOGIN,
     SCHEMA_SQL,
     SERVICE_LOGIN,
+    SUPERUSER,
     PgServer,
     create_database,
     ensure_login_roles,
@@ -102,6 +106,19 @@ def _key_forms(key: EncryptionKey) -> list[str]:
             base64.b64encode(key.reveal().encode()).decode()[:40]]
 
 
+def _insert_plaintext_env_unlogged(superuser_url: str, org: object, value: str) -> None:
+    """An env value in clear, as stored before env values were encrypted. Written with
+    this session's logging off, so that only the library's handling of it (the
+    migration by rotate-key, the reads) can put it in the log."""
+    with psycopg.connect(superuser_url, autocommit=True) as conn:
+        for setting in ("log_statement = 'none'", "log_min_duration_statement = -1",
+                        "auto_explain.log_min_duration = -1"):
+            conn.execute(f"SET {setting}".encode())
+        conn.execute(b"INSERT INTO mcp_configurations (organization_id, name, type, command,"
+                     b" env) VALUES (%s, 'from-before', 'stdio', 'srv', %s)",
+                     (org, Jsonb({"LEGACY_TOKEN": value})))
+
+
 def _run_every_secret_path(url_of: dict[str, str], old: EncryptionKey, new: EncryptionKey,
                            tokens: dict[str, str]) -> None:
     svc = Database(url_of[SERVICE_LOGIN], key=old, min_size=1, max_size=2)
@@ -113,6 +130,9 @@ def _run_every_secret_path(url_of: dict[str, str], old: EncryptionKey, new: Encr
                                    auth_type="bearer", bearer_token=tokens["bearer"])
             oauth = tx.mcp.create(name="oa", type="http", endpoint="https://oa.example",
                                   auth_type="oauth", oauth_provider="github")
+            stdio = tx.mcp.create(name="st", type="stdio", command="github-mcp",
+                                  env={"GITHUB_TOKEN": tokens["env"],
+                                       "DB_PASSWORD": tokens["env_pw"]})
             tx.tokens.store(oauth.id, access_token=tokens["access"],
                             refresh_token=tokens["refresh"],
                             expires_at=datetime.now(UTC) + timedelta(seconds=30))
@@ -121,11 +141,20 @@ def _run_every_secret_path(url_of: dict[str, str], old: EncryptionKey, new: Encr
             assert got is not None and got.get_secret_value() == tokens["bearer"]
             assert tx.mcp.list_effective(decrypt=True)
             assert tx.tokens.get(oauth.id, decrypt=True).access_token is not None
+            env = tx.mcp.get_env(stdio.id)
+            assert env["DB_PASSWORD"].get_secret_value() == tokens["env_pw"]
+            assert tx.mcp.get(stdio.id, decrypt=True).env["GITHUB_TOKEN"] is not None
         with app.as_user(t.alice) as tx:  # update
             tx.mcp.update(bearer.id, bearer_token=tokens["bearer2"])
+            tx.mcp.update(stdio.id, env={"GITHUB_TOKEN": tokens["env2"]})
+            tx.mcp.update(stdio.id, args=["--verbose"])  # env kept as stored
         with pytest.raises(AgentApiDbError), app.as_user(t.alice) as tx:  # failing write
             tx.mcp.create(name="gh", type="http", endpoint="https://dup.example",
                           auth_type="bearer", bearer_token=tokens["failed"])
+        with pytest.raises(AgentApiDbError), app.as_user(t.alice) as tx:  # failing env write
+            tx.mcp.create(name="st", type="stdio", command="x",
+                          env={"GITHUB_TOKEN": tokens["env_failed"]})
+        _insert_plaintext_env_unlogged(url_of[SUPERUSER], t.org_a, tokens["env_plain"])
         with opsdb.connect(url_of[SERVICE_LOGIN]) as conn:  # refresh
             claims = claim_expiring(conn, worker_id="w1", key=old, within=timedelta(hours=1))
             assert [c.refresh_token for c in claims] == [tokens["refresh"]]
@@ -135,21 +164,26 @@ def _run_every_secret_path(url_of: dict[str, str], old: EncryptionKey, new: Encr
             record_failure(conn, again[0], f"provider said no to {tokens['refresh2']}")
         with opsdb.connect(url_of[SERVICE_LOGIN]) as conn:  # rotation
             done = rotate_keys(conn, new, old, batch_size=2)
-            assert (done.data_keys_rewrapped, done.values_reencrypted) == (1, 0)
+            # the plaintext env value from before is sealed (migration)
+            assert (done.data_keys_rewrapped, done.values_reencrypted) == (1, 1)
             assert verify_rotation(conn, new, old).ok
         rotated = Database(url_of[APP_LOGIN], key=new, old_key=old, min_size=1, max_size=1)
         try:
             with rotated.as_user(t.alice) as tx:
                 got = tx.mcp.get(bearer.id, decrypt=True).bearer_token
                 assert got is not None and got.get_secret_value() == tokens["bearer2"]
+                assert tx.mcp.get_env(stdio.id)["GITHUB_TOKEN"].get_secret_value() == \
+                    tokens["env2"]
         finally:
             rotated.close()
         with opsdb.connect(url_of[SERVICE_LOGIN]) as conn:  # one org's data key; shredding
             ring = KeyRing(new, (old,))
-            assert rotate_org_data_key(conn, ring, "org-a").values_reencrypted == 3
+            assert rotate_org_data_key(conn, ring, "org-a").values_reencrypted == 5
             with app.as_user(t.carol) as tx:
                 tx.mcp.create(name="b", type="http", endpoint="https://b.example",
                               auth_type="bearer", bearer_token=tokens["shredded"])
+                tx.mcp.create(name="b-env", type="stdio", command="x",
+                              env={"TOKEN": tokens["env_shredded"]})
             assert delete_organization(conn, "org-b").data_key_ids
     finally:
         app.close()
@@ -162,10 +196,11 @@ def test_no_key_or_token_in_the_server_log(logging_server: tuple[LocalCluster, s
     old, new = EncryptionKey.generate(), EncryptionKey.generate()
     tokens = {name: f"tok_{name}_{secrets.token_urlsafe(24)}"
               for name in ("bearer", "bearer2", "failed", "access", "refresh", "access2",
-                           "refresh2", "shredded")}
+                           "refresh2", "shredded", "env", "env_pw", "env2", "env_failed",
+                           "env_plain", "env_shredded")}
     start = cluster.log_file.stat().st_size
     _run_every_secret_path({login: server.url(dbname, login) for login in
-                            (APP_LOGIN, SERVICE_LOGIN)}, old, new, tokens)
+                            (APP_LOGIN, SERVICE_LOGIN, SUPERUSER)}, old, new, tokens)
     log = cluster.log_file.read_bytes()[start:].decode(errors="replace")
     # The server really logged statements, parameters, plans and the failed write.
     assert "INSERT INTO public.mcp_configurations" in log

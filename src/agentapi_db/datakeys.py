@@ -24,9 +24,9 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from agentapi_db.crypto.ring import KeyRing
-from agentapi_db.crypto.sealed import seal
+from agentapi_db.crypto.sealed import SubKeys, is_sealed, seal
 from agentapi_db.errors import AgentApiDbError, InvalidInput, NotFound
-from agentapi_db.ops._secrets import drive, open_values
+from agentapi_db.ops._secrets import drive, env_plaintext, open_values
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = ["DataKeyRotation", "ShredResult", "delete_organization", "rotate_org_data_key"]
@@ -57,15 +57,17 @@ SELECT key_id, wrapped_key FROM public.organization_data_keys
 
 # Values of the organization not yet under its primary key, by id (keyset).
 _SQL_LOCK_CONFIGS: Final[LiteralString] = """
-SELECT id, bearer_token FROM public.mcp_configurations
- WHERE organization_id = %(org)s AND bearer_token IS NOT NULL
-   AND left(bearer_token, 21) <> %(prefix)s
-   AND (%(after)s::uuid IS NULL OR id > %(after)s::uuid)
- ORDER BY id LIMIT %(limit)s FOR UPDATE
+SELECT c.id, c.bearer_token, c.env FROM public.mcp_configurations AS c
+ WHERE c.organization_id = %(org)s
+   AND (left(c.bearer_token, 21) <> %(prefix)s
+        OR EXISTS (SELECT FROM jsonb_each_text(c.env) AS e
+                    WHERE left(e.value, 21) IS DISTINCT FROM %(prefix)s))
+   AND (%(after)s::uuid IS NULL OR c.id > %(after)s::uuid)
+ ORDER BY c.id LIMIT %(limit)s FOR UPDATE
 """
 
 _SQL_WRITE_CONFIG: Final[LiteralString] = """
-UPDATE public.mcp_configurations SET bearer_token = %(v0)s WHERE id = %(id)s
+UPDATE public.mcp_configurations SET bearer_token = %(v0)s, env = %(env)s WHERE id = %(id)s
 """
 
 _SQL_LOCK_TOKENS: Final[LiteralString] = """
@@ -87,7 +89,9 @@ DELETE FROM public.organization_data_keys AS k
  WHERE k.organization_id = %(org)s AND NOT k.is_primary
    AND NOT EXISTS (SELECT FROM public.mcp_configurations AS c
                     WHERE c.organization_id = %(org)s
-                      AND left(c.bearer_token, 21) = 'ag1:' || k.key_id || ':')
+                      AND (left(c.bearer_token, 21) = 'ag1:' || k.key_id || ':'
+                           OR EXISTS (SELECT FROM jsonb_each_text(c.env) AS e
+                                       WHERE left(e.value, 21) = 'ag1:' || k.key_id || ':')))
    AND NOT EXISTS (SELECT FROM public.mcp_oauth_tokens AS t
                     WHERE t.organization_id = %(org)s
                       AND (left(t.access_token, 21) = 'ag1:' || k.key_id || ':'
@@ -116,10 +120,27 @@ SELECT public.log_audit_event(NULL, NULL, 'organization.delete', 'organization',
                               %(details)s, NULL, NULL)
 """
 
+# (lock, write, how many text columns, whether the row has an env object too)
 _BATCHES: Final = (
-    (_SQL_LOCK_CONFIGS, _SQL_WRITE_CONFIG, 1),
-    (_SQL_LOCK_TOKENS, _SQL_WRITE_OAUTH, 2),
+    (_SQL_LOCK_CONFIGS, _SQL_WRITE_CONFIG, 1, True),
+    (_SQL_LOCK_TOKENS, _SQL_WRITE_OAUTH, 2, False),
 )
+
+
+def _reseal_env(
+    conn: Conn, ring: KeyRing, primary: SubKeys, env: dict[str, object]
+) -> tuple[dict[str, str], int]:
+    """An ``env`` object with every value under ``primary`` (values already there kept,
+    values in clear from before sealed), and how many values changed."""
+    prefix = f"ag1:{primary.kid}:"
+    todo = {k: v for k, v in env.items() if not (isinstance(v, str) and v.startswith(prefix))}
+    sealed = {k: v for k, v in todo.items() if isinstance(v, str) and is_sealed(v)}
+    opened = drive(conn, open_values(ring, list(sealed.values())))
+    plain = {k: env_plaintext(v) for k, v in todo.items()}
+    plain.update({k: v for k, v in zip(sealed, opened, strict=True) if v is not None})
+    out = {k: str(v) for k, v in env.items()}
+    out.update({k: seal(primary, v) for k, v in plain.items()})
+    return out, len(plain)
 
 
 @dataclass
@@ -173,7 +194,7 @@ def rotate_org_data_key(
         primary = ring.learn(row[0], row[1])
     result = DataKeyRotation(org, primary.kid)
     prefix = f"ag1:{primary.kid}:"
-    for lock_sql, write_sql, width in _BATCHES:
+    for lock_sql, write_sql, width, with_env in _BATCHES:
         after: UUID | None = None
         while True:
             with service_transaction(conn):
@@ -181,12 +202,16 @@ def rotate_org_data_key(
                                                "limit": batch_size}).fetchall()
                 if not rows:
                     break
-                plain = drive(conn, open_values(ring, [v for r in rows for v in r[1:]]))
+                plain = drive(conn, open_values(ring, [v for r in rows for v in r[1:1 + width]]))
                 for i, r in enumerate(rows):
                     params: dict[str, object] = {"id": r[0]}
                     for j in range(width):
                         value = plain[i * width + j]
                         params[f"v{j}"] = None if value is None else seal(primary, value)
+                    if with_env:
+                        env, moved = _reseal_env(conn, ring, primary, r[1 + width])
+                        params["env"] = Jsonb(env)
+                        result.values_reencrypted += moved
                     conn.execute(write_sql, params)
                 result.values_reencrypted += sum(v is not None for v in plain)
             after = rows[-1][0]

@@ -68,7 +68,7 @@ never with parameters (they may carry keys or tokens).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -359,11 +359,13 @@ class _DatabaseBase:
         key: EncryptionKey | None,
         old_key: EncryptionKey | None,
         context_key: ContextKey | None = None,
+        other_keys: Sequence[EncryptionKey] = (),
     ) -> None:
-        if old_key is not None and key is None:
+        if (old_key is not None or other_keys) and key is None:
             raise ConfigurationError("old_key needs key: rotation decrypts with either")
         self.key = key
         self.old_key = old_key
+        self.other_keys = tuple(other_keys)
         self.context_key = context_key
 
     @classmethod
@@ -377,15 +379,16 @@ class _DatabaseBase:
             key=settings.encryption_key,
             old_key=settings.old_encryption_key,
             context_key=settings.context_key,
+            other_keys=settings.other_keys,
             **pool_options,
         )
 
     def _context(self, mode: str, user_id: UUID | None = None) -> OpContext:
         if mode == "user":
-            return OpContext("user", user_id, self.key, self.old_key)
+            return OpContext("user", user_id, self.key, self.old_key, self.other_keys)
         if mode == "service":
-            return OpContext("service", None, self.key, self.old_key)
-        return OpContext("none", None, self.key, self.old_key)
+            return OpContext("service", None, self.key, self.old_key, self.other_keys)
+        return OpContext("none", None, self.key, self.old_key, self.other_keys)
 
 
 class Database(_DatabaseBase):
@@ -398,6 +401,7 @@ class Database(_DatabaseBase):
         key: EncryptionKey | None = None,
         old_key: EncryptionKey | None = None,
         context_key: ContextKey | None = None,
+        other_keys: Sequence[EncryptionKey] = (),
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
@@ -406,7 +410,8 @@ class Database(_DatabaseBase):
         check_connections: bool = True,
         read_url: str | None = None,
     ) -> None:
-        super().__init__(url, key=key, old_key=old_key, context_key=context_key)
+        super().__init__(url, key=key, old_key=old_key, context_key=context_key,
+                         other_keys=other_keys)
         kwargs = _pool_kwargs(prepare_threshold, application_name)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             url,
@@ -502,6 +507,7 @@ class AsyncDatabase(_DatabaseBase):
         key: EncryptionKey | None = None,
         old_key: EncryptionKey | None = None,
         context_key: ContextKey | None = None,
+        other_keys: Sequence[EncryptionKey] = (),
         min_size: int = 1,
         max_size: int = 10,
         timeout: float = 30.0,
@@ -510,7 +516,8 @@ class AsyncDatabase(_DatabaseBase):
         check_connections: bool = True,
         read_url: str | None = None,
     ) -> None:
-        super().__init__(url, key=key, old_key=old_key, context_key=context_key)
+        super().__init__(url, key=key, old_key=old_key, context_key=context_key,
+                         other_keys=other_keys)
         kwargs = _pool_kwargs(prepare_threshold, application_name)
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] = AsyncConnectionPool(
             url,
@@ -629,6 +636,8 @@ def _resolve(settings: Settings | None) -> Settings:
             encryption_key=resolved.encryption_key,
             old_encryption_key=resolved.old_encryption_key,
             context_key=resolved.context_key or local_context_key(),
+            other_keys=resolved.other_keys,
+            key_ids=resolved.key_ids,
         )
     return resolved
 

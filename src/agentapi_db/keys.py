@@ -28,12 +28,15 @@ import secrets
 
 from agentapi_db.errors import ConfigurationError
 
-__all__ = ["MIN_KEY_BYTES", "EncryptionKey"]
+__all__ = ["MIN_KEY_BYTES", "EncryptionKey", "parse_key_ring"]
 
 MIN_KEY_BYTES = 32
 _HEX64 = re.compile(r"[0-9A-Fa-f]{64}")
 _HEX_ONLY = re.compile(r"[0-9A-Fa-f]+")
 _B64 = re.compile(r"[A-Za-z0-9+/_-]+={0,2}")
+# At most 32 characters: no key (64 hex digits, or 43+ base64 characters) fits in an
+# id, so an id echoed in an error can never be a key written on the wrong side.
+_RING_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 
 
 class EncryptionKey:
@@ -133,3 +136,48 @@ class EncryptionKey:
 
     def __reduce__(self) -> str | tuple[object, ...]:
         raise TypeError("EncryptionKey cannot be pickled")
+
+
+def parse_key_ring(text: str, *, source: str) -> tuple[tuple[str, EncryptionKey], ...]:
+    """The ``(id, key)`` entries of a key ring, the primary first.
+
+    One entry a line, ``<id>:<key>``: ``id`` is a name of the operator's choosing
+    (a letter or digit, then up to 31 of letters, digits, ``.``, ``_``, ``-``),
+    ``key`` a key as :meth:`EncryptionKey.parse` takes it. Blank lines and lines
+    starting with ``#`` are ignored. The first entry is the primary key (it wraps
+    new data keys); the others only decrypt. Ids and keys must be unique.
+
+    Errors name ``source`` and the line number, and a well-formed id; never a
+    key, nor any text of a line that could hold one.
+    """
+    entries: list[tuple[str, EncryptionKey]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        ring_id, sep, key_text = stripped.partition(":")
+        ring_id = ring_id.strip()
+        where = f"{source}, line {number}"
+        if not sep:
+            raise ConfigurationError(
+                f"{where}: expected <id>:<key> (an id, a colon, then the key)"
+            )
+        if not _RING_ID.fullmatch(ring_id):
+            raise ConfigurationError(
+                f"{where}: the id before the colon must be 1-32 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        key = EncryptionKey.parse(key_text, source=f"{where} (key id {ring_id})")
+        for other_id, other in entries:
+            if other_id == ring_id:
+                raise ConfigurationError(f"{where}: the id {ring_id} is used twice")
+            if other == key:
+                raise ConfigurationError(
+                    f"{where}: key {ring_id} is the same key as {other_id}"
+                )
+        entries.append((ring_id, key))
+    if not entries:
+        raise ConfigurationError(
+            f"{source} holds no key: one <id>:<key> a line, the primary first"
+        )
+    return tuple(entries)

@@ -12,7 +12,9 @@ Why pydantic rather than dataclasses: the same library gives us
   show ``'**********'``; the plain value needs an explicit ``.get_secret_value()``.
 
 Results never carry ciphertexts. A secret is ``None`` unless it was decrypted on
-request (``decrypt=True``); ``has_bearer_token`` says whether one is stored.
+request (``decrypt=True``); ``has_bearer_token`` says whether one is stored. The
+same holds for each value of an MCP configuration's ``env``: its names are always
+there, its values are ``None`` unless decrypted (then ``SecretStr``).
 """
 
 from __future__ import annotations
@@ -123,7 +125,10 @@ class McpConfiguration(BaseModel):
     endpoint: str | None
     command: str | None
     args: list[Any]
-    env: dict[str, Any]
+    env: dict[str, SecretStr | None]
+    """Environment variables: every name; each value only when decrypted on request
+    (``decrypt=True``, as ``SecretStr``), ``None`` otherwise. Values are stored
+    encrypted with the organization's data key, like the bearer token."""
     auth_type: AuthType
     oauth_provider: str | None
     enabled: bool
@@ -136,6 +141,11 @@ class McpConfiguration(BaseModel):
     @property
     def scope(self) -> Literal["organization", "user"]:
         return "organization" if self.user_id is None else "user"
+
+    @property
+    def env_names(self) -> list[str]:
+        """The names of the environment variables set (never their values), sorted."""
+        return sorted(self.env)
 
 
 class EffectiveMcpConfiguration(McpConfiguration):
@@ -263,19 +273,34 @@ def check_mcp_rules(
 
 
 class McpConfigSpec(BaseModel):
-    """What a caller gives to create an MCP configuration; validated on construction."""
+    """What a caller gives to create an MCP configuration; validated on construction.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Its validation errors never show the input (``hide_input_in_errors``): it holds
+    the bearer token and the env values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
     name: str = Field(min_length=1, max_length=200)
     type: McpType
     endpoint: str | None = None
     command: str | None = None
     args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, SecretStr] = Field(default_factory=dict)
+    """Values are secrets (``SecretStr``): a repr or a validation error never shows them."""
     auth_type: AuthType = "none"
     bearer_token: SecretStr | None = None
     oauth_provider: str | None = None
     enabled: bool = True
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in value:
+            if not name or "\0" in name or "=" in name:
+                raise PydanticCustomError(
+                    "mcp_configurations_env_name",
+                    "an env variable name must be non-empty, without '=' or NUL",
+                )
+        return value
 
     @field_validator("name")
     @classmethod

@@ -178,6 +178,7 @@ def claim_expiring(
     worker_id: str,
     key: EncryptionKey,
     old_key: EncryptionKey | None = None,
+    other_keys: tuple[EncryptionKey, ...] = (),
     within: timedelta = timedelta(minutes=5),
     limit: int = 50,
     lease: timedelta = timedelta(minutes=2),
@@ -199,7 +200,7 @@ def claim_expiring(
         "lease": _interval(lease, "lease"),
         "max_failures": max_failures,
     }
-    ring = ring_for(key, old_key)
+    ring = ring_for(key, old_key, other_keys)
     # Decrypted inside the claiming transaction: a value no key opens rolls the
     # claim back (no lease is left on tokens nobody received).
     with service_transaction(conn):

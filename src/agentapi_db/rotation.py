@@ -21,8 +21,9 @@ an operator's ``encrypt_token`` in psql writes) to their organization's data key
 
 Without an old key, a run moves values of the previous format (or under the one
 master key directly) to the data keys. While a rotation runs, the application must run with both
-keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old): it
-then decrypts with either and encrypts with the new one.
+keys (``AGENTAPI_ENCRYPTION_KEY`` = new, ``AGENTAPI_OLD_ENCRYPTION_KEY`` = old, or a
+key ring ``AGENTAPI_ENCRYPTION_KEYS`` with the new key first): it then decrypts
+with any and encrypts with the new one.
 
 :func:`verify_rotation` checks, without changing anything, that every value is
 under a data key wrapped by the new master key, and none opens with the old one.
@@ -31,16 +32,18 @@ Per-organization data-key rotation is :mod:`agentapi_db.datakeys`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, LiteralString
 from uuid import UUID
+
+from psycopg.types.json import Jsonb
 
 from agentapi_db.crypto.ring import KeyRing
 from agentapi_db.crypto.sealed import is_sealed, sealed_key_id
 from agentapi_db.errors import ConfigurationError, DecryptionError, InvalidInput
 from agentapi_db.keys import EncryptionKey
-from agentapi_db.ops._secrets import Sealer, drive, open_values, org_sealer
+from agentapi_db.ops._secrets import Sealer, drive, env_plaintext, open_values, org_sealer
 from agentapi_db.opsdb import Conn, service_transaction
 
 __all__ = [
@@ -56,22 +59,24 @@ __all__ = [
 
 ENCRYPTED_COLUMNS: Final[tuple[str, ...]] = (
     "mcp_configurations.bearer_token",
+    "mcp_configurations.env",
     "mcp_oauth_tokens.access_token",
     "mcp_oauth_tokens.refresh_token",
 )
-"""Every column that holds a token ciphertext."""
+"""Every column that holds a secret's ciphertext (``env``: each value of the JSON object)."""
 
 # --------------------------------------------------------------------------- SQL
 
 _SQL_COUNT: Final[LiteralString] = """
 SELECT (SELECT count(bearer_token) FROM public.mcp_configurations)
+     + (SELECT count(*) FROM public.mcp_configurations AS c, jsonb_each(c.env))
      + (SELECT count(access_token) + count(refresh_token) FROM public.mcp_oauth_tokens)
 """
 
 _SQL_LOCK_CONFIGS: Final[LiteralString] = """
-SELECT c.id, c.organization_id, c.bearer_token
+SELECT c.id, c.organization_id, c.bearer_token, c.env
   FROM public.mcp_configurations AS c
- WHERE c.bearer_token IS NOT NULL
+ WHERE (c.bearer_token IS NOT NULL OR c.env <> '{}'::jsonb)
    AND (%(after)s::uuid IS NULL OR c.id > %(after)s::uuid)
  ORDER BY c.id
  LIMIT %(limit)s
@@ -80,8 +85,8 @@ SELECT c.id, c.organization_id, c.bearer_token
 
 _SQL_WRITE_CONFIGS: Final[LiteralString] = """
 UPDATE public.mcp_configurations AS c
-   SET bearer_token = v.bearer_token
-  FROM unnest(%(ids)s::uuid[], %(col0)s::text[]) AS v (id, bearer_token)
+   SET bearer_token = v.bearer_token, env = v.env
+  FROM unnest(%(ids)s::uuid[], %(col0)s::text[], %(col1)s::jsonb[]) AS v (id, bearer_token, env)
  WHERE c.id = v.id
 """
 
@@ -127,6 +132,9 @@ _SQL_ALL_VALUES: Final[LiteralString] = """
 SELECT 'mcp_configurations.bearer_token' AS col, c.id, c.bearer_token AS ct
   FROM public.mcp_configurations AS c WHERE c.bearer_token IS NOT NULL
 UNION ALL
+SELECT 'mcp_configurations.env', c.id, e.value
+  FROM public.mcp_configurations AS c CROSS JOIN LATERAL jsonb_each_text(c.env) AS e
+UNION ALL
 SELECT 'mcp_oauth_tokens.access_token', t.id, t.access_token
   FROM public.mcp_oauth_tokens AS t
 UNION ALL
@@ -138,7 +146,7 @@ SELECT 'mcp_oauth_tokens.refresh_token', t.id, t.refresh_token
 _SQL_READ_ONLY: Final[LiteralString] = "SET TRANSACTION READ ONLY"
 
 _BATCHES: Final[tuple[tuple[str, tuple[str, ...], LiteralString, LiteralString], ...]] = (
-    ("mcp_configurations", ("bearer_token",), _SQL_LOCK_CONFIGS, _SQL_WRITE_CONFIGS),
+    ("mcp_configurations", ("bearer_token", "env"), _SQL_LOCK_CONFIGS, _SQL_WRITE_CONFIGS),
     ("mcp_oauth_tokens", ("access_token", "refresh_token"), _SQL_LOCK_TOKENS, _SQL_WRITE_TOKENS),
 )
 
@@ -150,11 +158,14 @@ class RotationError(InvalidInput):
 
     # (the batch holding it is rolled back; batches before it are committed)
 
-    def __init__(self, table: str, column: str, row_id: UUID | str | None) -> None:
+    def __init__(self, table: str, column: str, row_id: UUID | str | None,
+                 reason: str | None = None) -> None:
         where = f"{table}.{column} of row {row_id}" if row_id else f"a value of {table}"
+        why = f" ({reason})" if reason else ""
         super().__init__(
-            f"{where} decrypts with neither the new nor the old key; rotation stopped "
-            "(rows before it are done; fix or remove that value and run it again)",
+            f"{where} decrypts with no key of the key ring{why}; rotation stopped "
+            "(rows before it are done; configure the missing key, or fix or remove that "
+            "value, and run it again)",
             rule="rotation_value_unreadable",
         )
         self.table = table
@@ -187,6 +198,8 @@ class ColumnCheck:
     """Values still in the previous (pgcrypto OpenPGP) format, opening with the new key."""
     direct: int = 0
     """Values in ``ag1`` directly under the new master key (not yet under a data key)."""
+    plaintext: int = 0
+    """``env`` values stored in clear (from before env values were encrypted)."""
 
 
 @dataclass
@@ -212,11 +225,16 @@ class VerifyReport:
         return sum(c.total for c in self.columns)
 
 
-def _check_keys(new_key: EncryptionKey, old_key: EncryptionKey | None) -> None:
-    if old_key is not None and old_key == new_key:
+def _previous(
+    new_key: EncryptionKey, old_key: EncryptionKey | None, other_keys: Sequence[EncryptionKey]
+) -> tuple[EncryptionKey, ...]:
+    """The keys besides the new (primary) one: the old key, then the ring's others."""
+    previous = ((old_key,) if old_key is not None else ()) + tuple(other_keys)
+    if any(k == new_key for k in previous):
         raise ConfigurationError(
             "the old and the new encryption key are the same key; nothing to rotate"
         )
+    return previous
 
 
 def count_encrypted_values(conn: Conn) -> int:
@@ -244,9 +262,9 @@ def _rewrap_data_keys(
                     continue
                 try:
                     fresh.append(ring.seal(ring.unwrap(wrapped).hex()))
-                except DecryptionError:
+                except DecryptionError as exc:
                     raise RotationError("organization_data_keys", "wrapped_key",
-                                        key_id) from None
+                                        key_id, reason=str(exc)) from None
             changed = sum(a != b for a, b in zip(fresh, (r[1] for r in rows), strict=True))
             if changed:
                 conn.execute(_SQL_WRITE_DATA_KEYS, {"ids": [r[0] for r in rows], "col0": fresh})
@@ -260,21 +278,33 @@ def _rewrap_data_keys(
 
 def _move_value(
     conn: Conn, ring: KeyRing, sealers: dict[UUID, Sealer], where: tuple[str, str, UUID],
-    org: UUID, value: str,
+    org: UUID, value: str, *, plaintext: bool = False,
 ) -> str:
     """``value`` unchanged if it is under a data key (checked: it must open), else sealed
-    under its organization's data key."""
+    under its organization's data key. With ``plaintext``, a value not in ``ag1`` is
+    a plaintext (an ``env`` value from before they were encrypted), sealed as it is."""
     try:
         if is_sealed(value) and not ring.is_master_key_id(sealed_key_id(value)):
             drive(conn, open_values(ring, [value]))
             return value
-        plain = ring.open(value)
-    except DecryptionError:
-        raise RotationError(*where) from None
+        plain = value if plaintext and not is_sealed(value) else ring.open(value)
+    except DecryptionError as exc:
+        raise RotationError(*where, reason=str(exc)) from None
     sealer = sealers.get(org)
     if sealer is None:
         sealer = sealers[org] = drive(conn, org_sealer(ring, organization_id=org))
     return sealer.seal(plain)
+
+
+def _move_env(
+    conn: Conn, ring: KeyRing, sealers: dict[UUID, Sealer], where: tuple[str, str, UUID],
+    org: UUID, env: dict[str, object],
+) -> dict[str, str]:
+    """Each value of an ``env`` object moved as :func:`_move_value` does (plaintexts
+    from before sealed)."""
+    return {name: _move_value(conn, ring, sealers, where, org, env_plaintext(value),
+                              plaintext=True)
+            for name, value in env.items()}
 
 
 def rotate_keys(
@@ -284,17 +314,20 @@ def rotate_keys(
     *,
     batch_size: int = 500,
     on_batch: Callable[[int], None] | None = None,
+    other_keys: Sequence[EncryptionKey] = (),
 ) -> RotationResult:
     """Re-wrap every data key by ``new_key`` and move every other value to a data key;
     see the module docstring.
+
+    ``old_key`` and ``other_keys`` (a key ring's keys besides its primary) only
+    decrypt: a data key wrapped by any of them is re-wrapped by ``new_key``.
 
     ``conn`` must be in autocommit mode (each batch is its own transaction).
     ``on_batch(values_seen)`` is called after each committed batch.
     """
     if batch_size < 1 or batch_size > 100_000:
         raise InvalidInput("batch size must be between 1 and 100000", rule="batch_size")
-    _check_keys(new_key, old_key)
-    ring = KeyRing(new_key, () if old_key is None else (old_key,))
+    ring = KeyRing(new_key, _previous(new_key, old_key, other_keys))
     result = RotationResult()
     _rewrap_data_keys(conn, ring, batch_size, result, on_batch)
     for table, columns, lock_sql, write_sql in _BATCHES:
@@ -306,15 +339,21 @@ def rotate_keys(
                 if not rows:
                     break
                 seen = changed = 0
-                new_values: list[list[str | None]] = [[] for _ in columns]
+                new_values: list[list[object]] = [[] for _ in columns]
                 for row in rows:
                     for i, column in enumerate(columns):
                         value = row[2 + i]
+                        where = (table, column, row[0])
+                        if column == "env":
+                            env = _move_env(conn, ring, sealers, where, row[1], value)
+                            seen += len(env)
+                            changed += sum(env[k] != value[k] for k in env)
+                            new_values[i].append(Jsonb(env))
+                            continue
                         if value is None:
                             new_values[i].append(None)
                             continue
-                        fresh = _move_value(conn, ring, sealers, (table, column, row[0]),
-                                            row[1], value)
+                        fresh = _move_value(conn, ring, sealers, where, row[1], value)
                         seen += 1
                         changed += fresh != value
                         new_values[i].append(fresh)
@@ -331,10 +370,13 @@ def rotate_keys(
     return result
 
 
-def _classify(new: KeyRing, old: KeyRing | None, value: str) -> str:
+def _classify(new: KeyRing, old: KeyRing | None, value: str, column: str) -> str:
     """``ok`` (under a data key the new master key unwraps), ``old_key`` (opens only
     with the old master key), ``direct`` (ag1 directly under the new master key),
-    ``legacy`` (previous format, new key) or ``unreadable``."""
+    ``legacy`` (previous format, new key), ``plaintext`` (an ``env`` value in clear)
+    or ``unreadable``."""
+    if column == "mcp_configurations.env" and not is_sealed(value):
+        return "plaintext"
     kid = sealed_key_id(value) if is_sealed(value) else None
     for ring, label in ((new, "ok"), (old, "old_key")):
         if ring is None:
@@ -371,22 +413,23 @@ def _load_data_keys(
 
 
 def verify_rotation(
-    conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None
+    conn: Conn, new_key: EncryptionKey, old_key: EncryptionKey | None,
+    *, other_keys: Sequence[EncryptionKey] = (),
 ) -> VerifyReport:
     """Check every data key is wrapped by ``new_key`` and every value is under a data
-    key, none opening with ``old_key``; changes nothing. Everything is read as
-    ciphertext and checked in this process."""
-    _check_keys(new_key, old_key)
+    key, none opening with ``old_key`` (or any of ``other_keys``); changes nothing.
+    Everything is read as ciphertext and checked in this process."""
+    previous = _previous(new_key, old_key, other_keys)
     new = KeyRing(new_key)
-    old = None if old_key is None else KeyRing(old_key)
+    old = KeyRing(previous[0], previous[1:]) if previous else None
     counts: dict[str, dict[str, int]] = {c: {} for c in ENCRYPTED_COLUMNS}
     samples: dict[str, list[UUID]] = {c: [] for c in ENCRYPTED_COLUMNS}
-    report = VerifyReport(checked_old_key=old_key is not None)
+    report = VerifyReport(checked_old_key=bool(previous))
     with service_transaction(conn):
         conn.execute(_SQL_READ_ONLY)
         _load_data_keys(conn, new, old, report)
         for column, row_id, value in conn.execute(_SQL_ALL_VALUES):
-            kind = _classify(new, old, value)
+            kind = _classify(new, old, value, column)
             bucket = counts[column]
             bucket[kind] = bucket.get(kind, 0) + 1
             if kind != "ok" and len(samples[column]) < 5:
@@ -396,6 +439,6 @@ def verify_rotation(
         report.columns.append(ColumnCheck(
             column, sum(c.values()), c.get("ok", 0), c.get("old_key", 0),
             c.get("unreadable", 0), tuple(samples[column]), c.get("legacy", 0),
-            c.get("direct", 0),
+            c.get("direct", 0), c.get("plaintext", 0),
         ))
     return report

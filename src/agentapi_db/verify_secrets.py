@@ -1,9 +1,11 @@
 """The secret checks of ``agentapi-db verify`` (issue 12).
 
-* ``secret_format`` (a finding fails verify): every stored secret is in format
-  ``ag1`` under an organization data key. Values still in the previous pgcrypto
-  OpenPGP format, or sealed directly with a master key (an operator's
-  ``encrypt_token`` in psql), are counted per column; ``rotate-key`` moves them.
+* ``secret_format`` (a finding fails verify): every stored secret (bearer and
+  OAuth tokens, and each value of ``mcp_configurations.env``) is in format ``ag1``
+  under an organization data key. Values still in the previous pgcrypto OpenPGP
+  format, ``env`` values stored in plaintext, or values sealed directly with a
+  master key (an operator's ``encrypt_token`` in psql), are counted per column;
+  ``rotate-key`` moves them.
   Read from the ciphertexts alone: no key is needed or sent.
 * ``secret_logging`` (warnings only): the server's settings that would record a
   key if an operator called the seed's SQL functions (``log_statement``,
@@ -30,6 +32,9 @@ _SQL_FORMAT: Final = """
 WITH value (col, ct) AS (
     SELECT 'mcp_configurations.bearer_token', bearer_token FROM public.mcp_configurations
      WHERE bearer_token IS NOT NULL
+    UNION ALL
+    SELECT 'mcp_configurations.env', e.value
+      FROM public.mcp_configurations AS c CROSS JOIN LATERAL jsonb_each_text(c.env) AS e
     UNION ALL
     SELECT 'mcp_oauth_tokens.access_token', access_token FROM public.mcp_oauth_tokens
     UNION ALL
@@ -73,7 +78,10 @@ def check_secret_format(conn: Conn) -> tuple[str, list[str]]:
     """(description, findings) of ``secret_format``."""
     findings: list[str] = []
     for col, legacy, direct in conn.execute(_SQL_FORMAT.encode()).fetchall():
-        if legacy:
+        if legacy and col == "mcp_configurations.env":
+            findings.append(f"{col}: {legacy} value(s) stored in plaintext (from before env "
+                            "values were encrypted); run `agentapi-db rotate-key`")
+        elif legacy:
             findings.append(f"{col}: {legacy} value(s) still in the previous (OpenPGP) format; "
                             "run `agentapi-db rotate-key`")
         if direct:

@@ -26,9 +26,7 @@ SlugOption = Annotated[str, typer.Option("--slug", help="The organization's slug
 
 
 def _ring(settings: Settings) -> KeyRing:
-    key = settings.require_key()
-    old = settings.old_encryption_key
-    return KeyRing(key, () if old is None else (old,))
+    return settings.key_ring()
 
 
 @org_app.command("delete")

@@ -45,6 +45,7 @@ from agentapi_db.cli.app import (
     resolve_database_url,
 )
 from agentapi_db.config import Settings
+from agentapi_db.keys import EncryptionKey
 
 tokens_app = typer.Typer(help="OAuth tokens: refresh status.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
@@ -88,18 +89,23 @@ def rotate_key_command(
 
     Keys come from the environment only: AGENTAPI_ENCRYPTION_KEY (new) and
     AGENTAPI_OLD_ENCRYPTION_KEY (old, optional: without it, values of the previous
-    pgcrypto format are moved to ag1 under the one key), or their _FILE variants.
+    pgcrypto format are moved to ag1 under the one key), or their _FILE variants;
+    or a key ring, AGENTAPI_ENCRYPTION_KEYS or AGENTAPI_ENCRYPTION_KEYS_FILE (one
+    <id>:<key> a line, the new primary first): every data key is re-wrapped by the
+    primary, opened with whichever ring key wrapped it.
     Encryption happens in this process: no key reaches the database. Batches are
     transactions; interrupting it at any point is safe and running it again
     finishes the job. Run the application with both keys while it runs.
     """
     settings = Settings.from_env()
     new_key = settings.require_key()
-    old_key = settings.old_encryption_key
+    previous = settings.previous_keys
+    old_key = previous[0] if previous else None
     url = resolve_database_url(database_url)
     with opsdb.connect(url) as conn:
         if verify_only:
-            report = rotation.verify_rotation(conn, new_key, old_key)
+            report = rotation.verify_rotation(conn, new_key, old_key,
+                                              other_keys=previous[1:])
             _print_verify(report, json_output)
             if not report.ok:
                 raise typer.Exit(int(ExitCode.FAILURE))
@@ -113,6 +119,7 @@ def rotate_key_command(
                 old_key,
                 batch_size=batch_size,
                 on_batch=lambda seen: progress.advance(task, seen),
+                other_keys=previous[1:],
             )
     if json_output:
         print_json(
@@ -124,6 +131,7 @@ def rotate_key_command(
                 "batches": result.batches,
                 "new_key": new_key.fingerprint,
                 "old_key": None if old_key is None else old_key.fingerprint,
+                "previous_keys": [k.fingerprint for k in previous],
             }
         )
         return
@@ -134,9 +142,13 @@ def rotate_key_command(
     console.print(
         f"[green]✓[/] {result.values_seen} encrypted values now under data keys, master key "
         f"{new_key.fingerprint} ({result.values_reencrypted} re-encrypted from "
-        f"{'the previous format' if old_key is None else old_key.fingerprint}, "
+        f"{'the previous format' if old_key is None else _fingerprints(previous)}, "
         f"{result.batches} batches)"
     )
+
+
+def _fingerprints(keys: tuple[EncryptionKey, ...]) -> str:
+    return ", ".join(k.fingerprint for k in keys)
 
 
 def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
@@ -157,6 +169,7 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
                         "unreadable": c.unreadable,
                         "legacy_format": c.legacy,
                         "direct_master_key": c.direct,
+                        "plaintext": c.plaintext,
                         "sample_ids": [str(i) for i in c.sample],
                     }
                     for c in report.columns
@@ -178,6 +191,8 @@ def _print_verify(report: rotation.VerifyReport, json_output: bool) -> None:
             line += f", {c.legacy} still in the previous (OpenPGP) format"
         if c.direct:
             line += f", {c.direct} directly under the master key"
+        if c.plaintext:
+            line += f", {c.plaintext} stored in plaintext"
         if c.unreadable:
             line += f", {c.unreadable} open with neither key"
         if c.sample:

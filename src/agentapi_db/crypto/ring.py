@@ -2,7 +2,9 @@
 
 A :class:`KeyRing` holds the master keys: one primary (it wraps every new data
 key) and any number of others (they only unwrap and decrypt): during a rotation
-the previous key, ``AGENTAPI_OLD_ENCRYPTION_KEY``. It also caches the
+the previous key, ``AGENTAPI_OLD_ENCRYPTION_KEY``, or the other keys of the ring
+``AGENTAPI_ENCRYPTION_KEYS`` (:func:`agentapi_db.keys.parse_key_ring`). Errors
+about a missing key name its key id (a keyed fingerprint), never a key. It also caches the
 organizations' data keys it has unwrapped (:meth:`KeyRing.learn`), by key id.
 
 Each ``ag1`` ciphertext names its key by id, so opening one is a dictionary
@@ -65,9 +67,14 @@ class KeyRing:
 
     def unwrap(self, wrapped: str) -> bytes:
         """The bytes of a wrapped data key (wrapped under any master key of the ring)."""
-        if not is_sealed(wrapped) or sealed_key_id(wrapped) not in self._by_kid:
+        if not is_sealed(wrapped):
+            raise DecryptionError("a wrapped data key is malformed")
+        kid = sealed_key_id(wrapped)
+        if kid not in self._by_kid:
             raise DecryptionError(
-                "a data key is wrapped by a master key that is not configured"
+                f"a data key is wrapped by master key id {kid}, which is not in the key "
+                f"ring (it holds {self._kid_list()}; `agentapi-db key-ids` lists the ids of "
+                "the configured keys)"
             )
         text = self.open(wrapped)
         try:
@@ -106,6 +113,9 @@ class KeyRing:
     def is_master_key_id(self, key_id: str) -> bool:
         return key_id in self._by_kid
 
+    def _kid_list(self) -> str:
+        return "master key ids " + ", ".join(self._by_kid)
+
     # ------------------------------------------------------------- open
 
     def open(self, ciphertext: str) -> str:
@@ -118,8 +128,9 @@ class KeyRing:
             keys = self._by_kid.get(kid) or self._data.get(kid)
             if keys is None:
                 raise DecryptionError(
-                    "a stored token was encrypted with a key that is not available "
-                    "(not configured, or a destroyed data key)"
+                    f"a stored token was encrypted with key id {kid}, which is not available "
+                    f"(not a master key of the ring, {self._kid_list()}, nor a data key "
+                    "it unwrapped: a missing master key, or a destroyed data key)"
                 )
             return open_sealed(keys, ciphertext)
         for key in self._keys:
@@ -148,6 +159,7 @@ class KeyRing:
 
 
 @lru_cache(maxsize=16)
-def ring_for(primary: EncryptionKey, old: EncryptionKey | None) -> KeyRing:
-    """The (cached) ring of a primary key and an optional old key."""
-    return KeyRing(primary, () if old is None else (old,))
+def ring_for(primary: EncryptionKey, old: EncryptionKey | None,
+             others: tuple[EncryptionKey, ...] = ()) -> KeyRing:
+    """The (cached) ring of a primary key, an optional old key and any other keys."""
+    return KeyRing(primary, ((old,) if old is not None else ()) + others)

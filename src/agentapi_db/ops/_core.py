@@ -125,6 +125,8 @@ class OpContext:
     user_id: UUID | None = None
     key: EncryptionKey | None = None
     old_key: EncryptionKey | None = None
+    other_keys: tuple[EncryptionKey, ...] = ()
+    """More keys that decrypt (the other keys of a key ring)."""
 
     def require_key(self) -> EncryptionKey:
         if self.key is None:
@@ -135,12 +137,13 @@ class OpContext:
         return self.key
 
     def ring(self) -> KeyRing:
-        """The keys to encrypt with (``key``) and decrypt with (``key``, ``old_key``).
+        """The keys to encrypt with (``key``) and decrypt with (``key``, ``old_key``,
+        ``other_keys``).
 
         Encryption and decryption happen here, in the application process: no
         key and no plaintext token is ever sent to PostgreSQL.
         """
-        return ring_for(self.require_key(), self.old_key)
+        return ring_for(self.require_key(), self.old_key, self.other_keys)
 
     def acting_user(self, user_id: UUID | None, what: str) -> UUID:
         """``user_id`` if given, else the acting user; the service must always say whom."""

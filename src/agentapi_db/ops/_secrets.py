@@ -14,6 +14,7 @@ workers, rotation). Statements carry wrapped keys and ciphertexts only.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from agentapi_db.errors import NotFound
 from agentapi_db.ops._core import Query, Row, all_rows, one
 from agentapi_db.opsdb import Conn
 
-__all__ = ["Sealer", "drive", "open_rows", "open_values", "org_sealer"]
+__all__ = ["Sealer", "drive", "env_plaintext", "open_rows", "open_values", "org_sealer"]
 
 T = TypeVar("T")
 
@@ -96,6 +97,12 @@ def open_rows(ring: KeyRing, rows: list[Row], *fields: str) -> Generator[Query, 
         for f in fields:
             r[f] = next(it)
     return rows
+
+
+def env_plaintext(value: object) -> str:
+    """The text of an ``env`` value stored in clear (from before env values were
+    encrypted): a JSON string as it is, any other JSON value as its JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def drive(conn: Conn, op: Generator[Query, Any, T]) -> T:

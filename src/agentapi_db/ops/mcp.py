@@ -7,6 +7,14 @@ carries its ciphertext) and decrypted, again in the process, only when asked:
 ``get(..., decrypt=True)``, ``get_secret(...)`` or ``list_effective(decrypt=True)``;
 results otherwise carry ``bearer_token=None`` and ``has_bearer_token``.
 
+The values of ``env`` (a stdio server's credentials, e.g. ``GITHUB_TOKEN``) are
+secrets too: each is sealed (``ag1``) with the organization's data key in this
+process before it is written, so ``mcp_configurations.env`` holds
+``{"NAME": "ag1:<kid>:..."}``. Reads return every name with the value ``None``;
+``decrypt=True`` (or ``get_env(...)``) opens the values, as ``SecretStr``. A value
+stored in clear before values were encrypted is returned as it is when asked for
+(``rotate-key`` seals it; ``verify`` reports it until then).
+
 Scope: ``scope="user"`` (default) makes a personal config of the acting user (or
 ``user_id``); ``scope="organization"`` an org-wide one, which only an admin (or
 the service) may create, update or delete.
@@ -22,6 +30,8 @@ from psycopg.types.json import Jsonb
 from pydantic import SecretStr, ValidationError
 
 from agentapi_db import queries as Q
+from agentapi_db.crypto.ring import KeyRing
+from agentapi_db.crypto.sealed import is_sealed
 from agentapi_db.errors import InvalidInput, NotFound
 from agentapi_db.models import (
     AuthType,
@@ -35,6 +45,7 @@ from agentapi_db.ops._core import (
     UNSET,
     OpContext,
     Query,
+    Row,
     Unset,
     all_rows,
     missing_or_denied,
@@ -42,9 +53,10 @@ from agentapi_db.ops._core import (
     read_key_params,
     reveal,
 )
-from agentapi_db.ops._secrets import Sealer, open_rows, org_sealer
+from agentapi_db.ops._secrets import Sealer, env_plaintext, open_rows, open_values, org_sealer
 
-__all__ = ["create", "delete", "get", "get_secret", "list_configs", "list_effective", "update"]
+__all__ = ["create", "delete", "get", "get_env", "get_secret", "list_configs", "list_effective",
+           "update"]
 
 # Stands in for a stored token that an update keeps, so the rules can be checked.
 _STORED = SecretStr("<stored>")
@@ -57,8 +69,37 @@ def _spec(fields: dict[str, Any]) -> McpConfigSpec:
         raise invalid_input_from(exc) from None
 
 
+def _sealed_env(spec: McpConfigSpec, sealer: Sealer | None) -> dict[str, str]:
+    """Each value of ``spec.env`` sealed with the organization's data key."""
+    if not spec.env:
+        return {}
+    if sealer is None:  # pragma: no cover - callers make a sealer whenever env is set
+        raise InvalidInput("env values need the organization's data key", rule="env")
+    return {name: sealer.seal(value.get_secret_value()) for name, value in spec.env.items()}
+
+
+def _names_only(row: Row) -> Row:
+    """``row`` with its env values hidden (in place): the names stay, the values are None."""
+    row["env"] = dict.fromkeys(row["env"] or {})
+    return row
+
+
+def _open_env(ring: KeyRing, rows: list[Row]) -> Generator[Query, Any, list[Row]]:
+    """The env values of ``rows`` decrypted in place (in this process). A value not in
+    format ``ag1`` was stored in clear before values were encrypted: it is returned
+    as it is (``rotate-key`` seals it)."""
+    sealed = [v for r in rows for v in (r["env"] or {}).values()
+              if isinstance(v, str) and is_sealed(v)]
+    opened = iter((yield from open_values(ring, sealed)))
+    for r in rows:
+        r["env"] = {k: (next(opened) if isinstance(v, str) and is_sealed(v)
+                        else env_plaintext(v))
+                    for k, v in (r["env"] or {}).items()}
+    return rows
+
+
 def _write_params(
-    spec: McpConfigSpec, token: str | None, sealer: Sealer | None
+    spec: McpConfigSpec, token: str | None, sealer: Sealer | None, env: dict[str, Any]
 ) -> dict[str, object]:
     return {
         "name": spec.name,
@@ -66,7 +107,7 @@ def _write_params(
         "endpoint": spec.endpoint,
         "command": spec.command,
         "args": Jsonb(list(spec.args)),
-        "env": Jsonb(dict(spec.env)),
+        "env": Jsonb(env),
         "auth_type": spec.auth_type,
         "bearer_token": sealer.seal(token) if sealer is not None and token is not None else None,
         "oauth_provider": spec.oauth_provider,
@@ -82,7 +123,7 @@ def create(
     endpoint: str | None = None,
     command: str | None = None,
     args: Sequence[str] | None = None,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str | SecretStr] | None = None,
     auth_type: AuthType = "none",
     bearer_token: str | SecretStr | None = None,
     oauth_provider: str | None = None,
@@ -91,7 +132,8 @@ def create(
     user_id: UUID | None = None,
     organization_id: UUID | None = None,
 ) -> Generator[Query, Any, McpConfiguration]:
-    """Create a configuration after validating it; the bearer token is stored encrypted."""
+    """Create a configuration after validating it; the bearer token and the env values
+    are stored encrypted."""
     spec = _spec(
         {
             "name": name,
@@ -116,16 +158,18 @@ def create(
         raise InvalidInput("scope must be 'user' or 'organization'", rule="scope")
     token = reveal(spec.bearer_token)
     sealer = None
-    if token is not None:
-        # The organization's data key encrypts the token, so the row's organization
+    if token is not None or spec.env:
+        # The organization's data key encrypts the secrets, so the row's organization
         # is resolved first (given, else the owner's, else the acting user's).
         sealer = yield from org_sealer(ctx.ring(), organization_id=organization_id,
                                        user_id=owner)
         organization_id = sealer.organization_id
-    params = _write_params(spec, token, sealer)
+    params = _write_params(spec, token, sealer, _sealed_env(spec, sealer))
     params.update({"organization_id": organization_id, "user_id": owner})
     row = yield from one("mcp.create", Q.MCP_INSERT, params, writes=True, sensitive=True)
-    return McpConfiguration.model_validate(row)
+    if row is None:  # pragma: no cover - INSERT ... RETURNING returns its row
+        raise NotFound("MCP configuration not created")
+    return McpConfiguration.model_validate(_names_only(row))
 
 
 def _visible(config_id: UUID) -> dict[str, object]:
@@ -141,7 +185,7 @@ def update(
     endpoint: str | Unset | None = UNSET,
     command: str | Unset | None = UNSET,
     args: Sequence[str] | Unset = UNSET,
-    env: Mapping[str, str] | Unset = UNSET,
+    env: Mapping[str, str | SecretStr] | Unset = UNSET,
     auth_type: AuthType | Unset = UNSET,
     bearer_token: str | SecretStr | Unset | None = UNSET,
     oauth_provider: str | Unset | None = UNSET,
@@ -150,8 +194,10 @@ def update(
     """Change some fields; the merged result is validated before it is written.
 
     Fields left ``UNSET`` keep their value. ``bearer_token=None`` removes the
-    token; switching ``auth_type`` away from ``bearer`` removes it too. The scope
-    (organization, owner) never changes.
+    token; switching ``auth_type`` away from ``bearer`` removes it too. ``env``
+    replaces the whole environment (each value sealed again); left ``UNSET``, the
+    stored values are kept as they are, never decrypted. The scope (organization,
+    owner) never changes.
     """
     current = yield from one("mcp.lock", Q.MCP_LOCK, {"id": config_id})
     if current is None:
@@ -168,9 +214,12 @@ def update(
         "oauth_provider": oauth_provider,
         "enabled": enabled,
     }
+    new_env = not isinstance(env, Unset)
     merged = {k: (current[k] if v is UNSET else v) for k, v in changes.items()}
     merged["args"] = list(merged["args"])
-    merged["env"] = dict(merged["env"])
+    # A kept env is not decrypted: its names alone are validated.
+    merged["env"] = (dict.fromkeys(current["env"] or {}, _STORED) if isinstance(env, Unset)
+                     else dict(env))
     if not isinstance(bearer_token, Unset):
         action = "clear" if bearer_token is None else "set"
     elif merged["auth_type"] != "bearer" and current["has_bearer_token"]:
@@ -186,26 +235,31 @@ def update(
         merged["bearer_token"] = None
     spec = _spec(merged)
     sealer = None
-    if action == "set":
+    if action == "set" or (new_env and spec.env):
         sealer = yield from org_sealer(ctx.ring(), organization_id=current["organization_id"])
-    params = _write_params(spec, token if action == "set" else None, sealer)
+    stored_env = _sealed_env(spec, sealer) if new_env else dict(current["env"] or {})
+    params = _write_params(spec, token if action == "set" else None, sealer, stored_env)
     params.update({"id": config_id, "token_action": action})
     row = yield from one("mcp.update", Q.MCP_UPDATE, params, writes=True, sensitive=True)
     if row is None:  # pragma: no cover - the row is locked, so it cannot vanish
         raise NotFound("MCP configuration not found")
-    return McpConfiguration.model_validate(row)
+    return McpConfiguration.model_validate(_names_only(row))
 
 
 def get(
     ctx: OpContext, config_id: UUID, *, decrypt: bool = False
 ) -> Generator[Query, Any, McpConfiguration]:
-    """One configuration; with ``decrypt=True`` its bearer token too (as ``SecretStr``)."""
+    """One configuration; with ``decrypt=True`` its bearer token and env values too
+    (as ``SecretStr``)."""
     params = {"id": config_id, **read_key_params(ctx, decrypt)}
     row = yield from one("mcp.get", Q.MCP_GET, params, sensitive=decrypt)
     if row is None:
         raise NotFound("MCP configuration not found")
     if decrypt:
         yield from open_rows(ctx.ring(), [row], "bearer_token")
+        yield from _open_env(ctx.ring(), [row])
+    else:
+        _names_only(row)
     return McpConfiguration.model_validate(row)
 
 
@@ -215,13 +269,20 @@ def get_secret(ctx: OpContext, config_id: UUID) -> Generator[Query, Any, SecretS
     return config.bearer_token
 
 
+def get_env(ctx: OpContext, config_id: UUID) -> Generator[Query, Any, dict[str, SecretStr]]:
+    """The decrypted env of a configuration (name -> ``SecretStr``; empty if none)."""
+    config = yield from get(ctx, config_id, decrypt=True)
+    return {name: value for name, value in config.env.items() if value is not None}
+
+
 def list_configs(
     ctx: OpContext, *, organization_id: UUID | None = None
 ) -> Generator[Query, Any, list[McpConfiguration]]:
     """All configurations of an organization the caller may see, enabled or not
-    (org-wide first, then personal; by name). Tokens are never decrypted here."""
+    (org-wide first, then personal; by name). Tokens and env values are never
+    decrypted here (env names only)."""
     rows = yield from all_rows("mcp.list", Q.MCP_LIST, {"organization_id": organization_id})
-    return [McpConfiguration.model_validate(r) for r in rows]
+    return [McpConfiguration.model_validate(_names_only(r)) for r in rows]
 
 
 def list_effective(
@@ -238,6 +299,9 @@ def list_effective(
                                sensitive=decrypt)
     if decrypt:
         rows = yield from open_rows(ctx.ring(), rows, "bearer_token")
+        rows = yield from _open_env(ctx.ring(), rows)
+    else:
+        rows = [_names_only(r) for r in rows]
     return [EffectiveMcpConfiguration.model_validate(r) for r in rows]
 
 
