@@ -19,7 +19,7 @@ as_root() {
 }
 
 need=()
-[ -x /usr/lib/postgresql/15/bin/pg_autoctl ] || need+=(postgresql-15-auto-failover pg-auto-failover-cli)
+{ [ -x /usr/bin/pg_autoctl ] || [ -x /usr/lib/postgresql/15/bin/pg_autoctl ]; } || need+=(pg-auto-failover-cli)
 [ -f /usr/share/postgresql/15/extension/pgautofailover.control ] || need+=(postgresql-15-auto-failover)
 command -v pgbackrest >/dev/null 2>&1 || need+=(pgbackrest)
 

@@ -179,11 +179,16 @@ def _pgbackrest_missing(binaries: PgBinaries) -> str | None:
 
 
 def _pg_auto_failover_missing(binaries: PgBinaries) -> str | None:
-    if (binaries.bindir / "pg_autoctl").is_file():
+    autoctl = any(
+        (d / "pg_autoctl").is_file() for d in (binaries.bindir, Path("/usr/bin"))
+    )  # where agentapi_db.ha.engine looks for it
+    extension = binaries.pkglibdir / "pgautofailover.so"
+    if autoctl and extension.is_file():
         return None
     return (
         f"pg_auto_failover is not installed for PostgreSQL {binaries.major} "
-        f"(no {binaries.bindir / 'pg_autoctl'}; Debian 12 packages it for 15 only)"
+        f"(pg_autoctl {'found' if autoctl else 'missing'}, no {extension}; "
+        "Debian 12 packages it for 15 only)"
     )
 
 
