@@ -141,7 +141,7 @@ def test_env_values_are_redacted_in_reprs_dumps_and_errors(api: Api, tenants: Te
                  repr(cfg.env)):
         assert GH not in text and DB_PASS not in text
     assert "GITHUB_TOKEN" in repr(cfg)  # the names stay visible
-    spec = McpConfigSpec(name="s", type="stdio", command="x", env={"K": GH})
+    spec = McpConfigSpec(name="s", type="stdio", command="x", env={"K": SecretStr(GH)})
     assert GH not in repr(spec) and GH not in spec.model_dump_json()
     # A validation error never echoes a value (here: the rule broken is the URL).
     with pytest.raises(InvalidInput) as info, api.app.as_user(tenants.alice) as tx:
@@ -174,7 +174,9 @@ def test_no_plaintext_env_value_in_any_statement_or_parameter() -> None:
         except StopIteration:
             pass
 
-    row = {"id": uuid4(), "organization_id": org, "user_id": ctx.user_id, "name": "s",
+    row_id = uuid4()
+    row: dict[str, Any] = {"id": row_id, "organization_id": org, "user_id": ctx.user_id,
+           "name": "s",
            "type": "stdio", "endpoint": None, "command": "x", "args": [],
            "env": {"GITHUB_TOKEN": "ag1:..."}, "auth_type": "none", "oauth_provider": None,
            "enabled": True, "created_at": "2026-01-01T00:00:00Z",
@@ -183,7 +185,7 @@ def test_no_plaintext_env_value_in_any_statement_or_parameter() -> None:
     run(mcp.create(ctx, name="s", type="stdio", command="x", env={"GITHUB_TOKEN": GH}),
         {"datakeys.primary": primary, "datakeys.create": {"key_id": "k"},
          "mcp.create": row})
-    run(mcp.update(ctx, row["id"], env={"GITHUB_TOKEN": SecretStr(DB_PASS)}),
+    run(mcp.update(ctx, row_id, env={"GITHUB_TOKEN": SecretStr(DB_PASS)}),
         {"mcp.lock": row, "datakeys.primary": primary, "datakeys.create": {"key_id": "k"},
          "mcp.update": row})
     assert {q.name for q in seen} >= {"mcp.create", "mcp.update"}
