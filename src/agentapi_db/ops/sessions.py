@@ -92,8 +92,12 @@ def touch(
     current = yield from one("sessions.get", Q.SESSION_GET, {"id": session_id})
     if current is None:
         raise NotFound("session not found")
+    # Only its own user may update a session (the service any), so a session of
+    # the caller's that the update did not match had expired when it ran, even if
+    # a concurrent request of the same user has extended it since.
+    own = ctx.mode == "service" or current["user_id"] == ctx.user_id
     expires = current["expires_at"]
-    if expires is not None and expires <= datetime.now(expires.tzinfo):
+    if own or (expires is not None and expires <= datetime.now(expires.tzinfo)):
         raise NotFound("session has expired")
     raise PermissionDenied("permission denied: you may not change this session")
 
