@@ -24,6 +24,8 @@
 --  10. Views
 --  11. Grants
 --  12. Operations: key rotation helpers, audit hash chain, audit retention
+--  13. Envelope encryption: per-organization data keys
+--  14. Side channels: no statistics on tenant values (with 4.8)
 --
 -- Design notes (see docs/schema.md for the long form):
 --   * Every SECURITY DEFINER function pins search_path = pg_catalog, pg_temp
@@ -247,11 +249,16 @@ CREATE TABLE public.organizations (
     metadata    jsonb       NOT NULL DEFAULT '{}'::jsonb,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT organizations_slug_key UNIQUE (slug),
     CONSTRAINT organizations_name_not_blank CHECK (name ~ '\S' AND length(name) <= 200),
     CONSTRAINT organizations_slug_format CHECK (slug ~ '^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$'),
     CONSTRAINT organizations_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
 );
+
+-- Global uniqueness of slugs lives on lower(slug) (= slug, by the format check):
+-- lower() is not leakproof, so no condition of a row-level-secured caller can
+-- become an index condition of this index and count other tenants' slugs
+-- (docs/side-channels.md). The service's lookups by slug use lower(slug) too.
+CREATE UNIQUE INDEX organizations_slug_key ON public.organizations (lower(slug));
 
 COMMENT ON TABLE public.organizations IS 'Tenants. Everything else belongs to exactly one organization (global prompts excepted).';
 COMMENT ON COLUMN public.organizations.slug IS 'URL-safe unique handle: lowercase letters, digits and inner hyphens, 1-63 characters.';
@@ -291,7 +298,7 @@ COMMENT ON COLUMN public.users.last_login_at IS 'Set by the application on login
 -- 4.3 user_sessions ------------------------------------------------------------
 
 CREATE TABLE public.user_sessions (
-    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    id               uuid        NOT NULL DEFAULT gen_random_uuid(),
     user_id          uuid        NOT NULL,
     organization_id  uuid        NOT NULL,
     workspace_path   text        NOT NULL,
@@ -300,6 +307,8 @@ CREATE TABLE public.user_sessions (
     created_at       timestamptz NOT NULL DEFAULT now(),
     expires_at       timestamptz,
     last_active_at   timestamptz NOT NULL DEFAULT now(),
+    -- Tenant-leading, like every index a caller's condition can reach: see 4.8.
+    CONSTRAINT user_sessions_pkey PRIMARY KEY (organization_id, id),
     CONSTRAINT user_sessions_user_fkey FOREIGN KEY (user_id, organization_id)
         REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
     CONSTRAINT user_sessions_workspace_path_valid CHECK (
@@ -312,7 +321,7 @@ CREATE TABLE public.user_sessions (
 );
 
 -- Own sessions of a user (and the composite foreign key).
-CREATE INDEX user_sessions_user_id_idx ON public.user_sessions (user_id, organization_id, created_at DESC);
+CREATE INDEX user_sessions_user_id_idx ON public.user_sessions (organization_id, user_id, created_at DESC);
 -- Admin pages: an organization's sessions, newest first, keyset by (created_at, id).
 CREATE INDEX user_sessions_organization_id_idx ON public.user_sessions (organization_id, created_at DESC, id DESC);
 -- Cleanup: the sessions that can expire.
@@ -328,7 +337,7 @@ COMMENT ON CONSTRAINT user_sessions_user_fkey ON public.user_sessions IS 'The se
 -- 4.4 mcp_configurations ------------------------------------------------------
 
 CREATE TABLE public.mcp_configurations (
-    id               uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    id               uuid        NOT NULL DEFAULT gen_random_uuid(),
     organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
     user_id          uuid,
     name             text        NOT NULL,
@@ -345,11 +354,9 @@ CREATE TABLE public.mcp_configurations (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT mcp_configurations_user_fkey FOREIGN KEY (user_id, organization_id)
         REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
-    -- Target of mcp_oauth_tokens' foreign key: a token's config is in the token's organization.
-    CONSTRAINT mcp_configurations_id_organization_id_key UNIQUE (id, organization_id),
-    -- Names are unique among an organization's org-wide configs (user_id NULL)
-    -- and among one user's own configs. NULLS NOT DISTINCT makes NULL user_ids collide.
-    CONSTRAINT mcp_configurations_name_key UNIQUE NULLS NOT DISTINCT (organization_id, user_id, name),
+    -- Tenant-leading (4.8); also the target of mcp_oauth_tokens' foreign key:
+    -- a token's config is in the token's organization.
+    CONSTRAINT mcp_configurations_pkey PRIMARY KEY (organization_id, id),
     CONSTRAINT mcp_configurations_name_not_blank CHECK (name ~ '\S' AND length(name) <= 200),
     CONSTRAINT mcp_configurations_http_needs_endpoint CHECK (
         type NOT IN ('http', 'sse')
@@ -367,8 +374,14 @@ CREATE TABLE public.mcp_configurations (
     CONSTRAINT mcp_configurations_env_object CHECK (jsonb_typeof(env) = 'object')
 );
 
--- Personal configs of a user (and the composite foreign key to users).
-CREATE INDEX mcp_configurations_user_id_idx ON public.mcp_configurations (user_id, organization_id) WHERE user_id IS NOT NULL;
+-- Names are unique, case-insensitively, among an organization's org-wide
+-- configs (user_id NULL) and among one user's own configs; NULLS NOT DISTINCT
+-- makes NULL user_ids collide. On lower(name), which is not leakproof, so a
+-- member's condition on name never becomes an index condition that counts a
+-- colleague's personal configs by name (4.8). Its leading (organization_id,
+-- user_id) also serves the composite foreign key to users.
+CREATE UNIQUE INDEX mcp_configurations_name_key ON public.mcp_configurations
+    (organization_id, user_id, lower(name)) NULLS NOT DISTINCT;
 
 COMMENT ON TABLE public.mcp_configurations IS 'MCP server configurations: organization-wide (user_id NULL) or personal to one user.';
 COMMENT ON COLUMN public.mcp_configurations.user_id IS 'NULL: organization-wide, managed by admins. Otherwise: personal to this user, visible only to them. The scope of a configuration never changes.';
@@ -378,12 +391,12 @@ COMMENT ON COLUMN public.mcp_configurations.args IS 'JSON array of command-line 
 COMMENT ON COLUMN public.mcp_configurations.env IS 'JSON object of environment variables. Stored in clear: put secrets in bearer_token or OAuth tokens, not here.';
 COMMENT ON COLUMN public.mcp_configurations.bearer_token IS 'Ciphertext from encrypt_token(); present exactly when auth_type = bearer.';
 COMMENT ON COLUMN public.mcp_configurations.oauth_provider IS 'OAuth provider name; present exactly when auth_type = oauth.';
-COMMENT ON CONSTRAINT mcp_configurations_name_key ON public.mcp_configurations IS 'Names are unique among an organization''s org-wide configs and among one user''s personal configs.';
+COMMENT ON INDEX public.mcp_configurations_name_key IS 'Names are unique, case-insensitively, among an organization''s org-wide configs and among one user''s personal configs.';
 
 -- 4.5 mcp_oauth_tokens --------------------------------------------------------
 
 CREATE TABLE public.mcp_oauth_tokens (
-    id                     uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    id                     uuid        NOT NULL DEFAULT gen_random_uuid(),
     user_id                uuid        NOT NULL,
     organization_id        uuid        NOT NULL,
     mcp_configuration_id   uuid        NOT NULL,
@@ -400,18 +413,19 @@ CREATE TABLE public.mcp_oauth_tokens (
     last_refreshed_at      timestamptz,
     created_at             timestamptz NOT NULL DEFAULT now(),
     updated_at             timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT mcp_oauth_tokens_pkey PRIMARY KEY (organization_id, id),
     CONSTRAINT mcp_oauth_tokens_user_fkey FOREIGN KEY (user_id, organization_id)
         REFERENCES public.users (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
     CONSTRAINT mcp_oauth_tokens_configuration_fkey FOREIGN KEY (mcp_configuration_id, organization_id)
         REFERENCES public.mcp_configurations (id, organization_id) ON DELETE CASCADE ON UPDATE CASCADE,
     -- One row per user and configuration (a user has one organization, so this is that rule).
-    CONSTRAINT mcp_oauth_tokens_user_configuration_key UNIQUE (user_id, organization_id, mcp_configuration_id),
+    CONSTRAINT mcp_oauth_tokens_user_configuration_key UNIQUE (organization_id, user_id, mcp_configuration_id),
     CONSTRAINT mcp_oauth_tokens_provider_not_blank CHECK (oauth_provider ~ '\S'),
     CONSTRAINT mcp_oauth_tokens_token_type_not_blank CHECK (token_type ~ '\S'),
     CONSTRAINT mcp_oauth_tokens_failure_count_nonnegative CHECK (refresh_failure_count >= 0)
 );
 
-CREATE INDEX mcp_oauth_tokens_configuration_idx ON public.mcp_oauth_tokens (mcp_configuration_id, organization_id);
+CREATE INDEX mcp_oauth_tokens_configuration_idx ON public.mcp_oauth_tokens (organization_id, mcp_configuration_id);
 -- Refresh workers claim the tokens that expire soonest.
 CREATE INDEX mcp_oauth_tokens_expires_at_idx ON public.mcp_oauth_tokens (expires_at) WHERE expires_at IS NOT NULL;
 
@@ -449,21 +463,32 @@ CREATE TABLE public.system_prompts (
     CONSTRAINT system_prompts_content_not_blank CHECK (content ~ '\S')
 );
 
--- One index per branch of get_effective_system_prompts, each ordered as it returns.
--- The user index's predicate is "user_id IS NOT NULL" (not "scope = 'user'",
--- the same rows by the scope check) so that the foreign key's ON DELETE/UPDATE
--- lookups "user_id = $1 AND organization_id = $2" can use it too.
-CREATE INDEX system_prompts_user_id_idx ON public.system_prompts (user_id, organization_id, priority DESC, created_at)
+-- Tenant-leading indexes (4.8). Global prompts have no organization, so the
+-- tenant of a prompt is coalesce(organization_id, nil uuid): the
+-- organization, or the nil uuid for global prompts (visible to every active
+-- user, so reading them reveals nothing). The select policy starts with
+-- "coalesce(organization_id, nil) = ANY (ARRAY[own organization, nil])",
+-- which bounds every scan of these indexes to the caller's tenant and the
+-- global prompts whatever else the query says.
+--
+-- One index per branch of get_effective_system_prompts, each ordered as it
+-- returns. The organization branch under RLS: the enum test scope =
+-- 'organization' is not leakproof, so below the policy it cannot be an index
+-- condition; a partial index's predicate needs no leakproof operator.
+CREATE INDEX system_prompts_user_id_idx ON public.system_prompts
+    (coalesce(organization_id, '00000000-0000-0000-0000-000000000000'::uuid), user_id, priority DESC, created_at)
     WHERE user_id IS NOT NULL;
-CREATE INDEX system_prompts_organization_id_idx ON public.system_prompts (organization_id, scope, priority DESC, created_at);
--- The organization branch under RLS: the enum test scope = 'organization' is not
--- leakproof, so below the policy it cannot be an index condition of the index
--- above (which would then read every user prompt of the organization too); a
--- partial index's predicate needs no leakproof operator.
-CREATE INDEX system_prompts_organization_scope_idx ON public.system_prompts (organization_id, priority DESC, created_at)
+CREATE INDEX system_prompts_organization_scope_idx ON public.system_prompts
+    (coalesce(organization_id, '00000000-0000-0000-0000-000000000000'::uuid), priority DESC, created_at)
     WHERE scope = 'organization';
 CREATE INDEX system_prompts_global_idx ON public.system_prompts (priority DESC, created_at) WHERE scope = 'global';
-CREATE INDEX system_prompts_created_by_idx ON public.system_prompts (created_by) WHERE created_by IS NOT NULL;
+-- The foreign keys' lookups (ON DELETE of an organization or a user) by
+-- equality only: hash indexes, which no range or ordered condition can use.
+-- An equality probe on them can only confirm a value the caller already
+-- guessed (a random uuid), which is the residual docs/side-channels.md names.
+CREATE INDEX system_prompts_organization_id_hash ON public.system_prompts USING hash (organization_id);
+CREATE INDEX system_prompts_user_id_hash ON public.system_prompts USING hash (user_id);
+CREATE INDEX system_prompts_created_by_hash ON public.system_prompts USING hash (created_by);
 
 COMMENT ON TABLE public.system_prompts IS 'Layered system prompts: global (no organization, no user), organization (organization only) or user (both).';
 COMMENT ON COLUMN public.system_prompts.priority IS 'Higher comes first within a scope; ties go to the older prompt.';
@@ -485,14 +510,16 @@ CREATE TABLE public.audit_logs (
     user_agent       text,
     success          boolean     NOT NULL DEFAULT true,
     error_message    text,
-    CONSTRAINT audit_logs_pkey PRIMARY KEY (id, "timestamp"),
+    -- Tenant-leading (4.8), and so not a primary key: platform events have no
+    -- organization. Event ids are unique in any case (only the server makes them).
+    CONSTRAINT audit_logs_organization_id_id_key UNIQUE NULLS NOT DISTINCT (organization_id, id, "timestamp"),
     CONSTRAINT audit_logs_action_not_blank CHECK (action ~ '\S' AND length(action) <= 200),
     CONSTRAINT audit_logs_resource_type_not_blank CHECK (resource_type ~ '\S' AND length(resource_type) <= 200),
     CONSTRAINT audit_logs_details_object CHECK (jsonb_typeof(details) = 'object')
 ) PARTITION BY RANGE ("timestamp");
 
 CREATE INDEX audit_logs_organization_id_timestamp_idx ON public.audit_logs (organization_id, "timestamp" DESC, id DESC);
-CREATE INDEX audit_logs_user_id_timestamp_idx ON public.audit_logs (user_id, "timestamp" DESC) WHERE user_id IS NOT NULL;
+CREATE INDEX audit_logs_user_id_timestamp_idx ON public.audit_logs (organization_id, user_id, "timestamp" DESC) WHERE user_id IS NOT NULL;
 
 CREATE TABLE public.audit_logs_default PARTITION OF public.audit_logs DEFAULT;
 
@@ -502,6 +529,51 @@ COMMENT ON TABLE public.audit_logs_default IS 'Catch-all partition that stays em
 COMMENT ON COLUMN public.audit_logs."timestamp" IS 'When the event happened; set by the server for the application role.';
 COMMENT ON COLUMN public.audit_logs.resource_id IS 'Identifier of the resource the event is about, as text.';
 COMMENT ON COLUMN public.audit_logs.success IS 'Whether the audited action succeeded; error_message says why not.';
+
+-- 4.8 Side channels: tenant-leading indexes, the tenant gate, statistics -------
+--
+-- A caller with raw SQL as agentapi_app sees only its tenant's rows, but how a
+-- query ran can show what the policy hid (docs/side-channels.md). Comparison
+-- operators such as uuid_lt are LEAKPROOF, so a caller's condition may run
+-- below the policy: as an index condition, or as a filter before the policy's.
+-- Then EXPLAIN ANALYZE's row counts and loops, pg_stat_*'s tuple counters and
+-- the planner's estimates depend on other tenants' values. Three measures:
+--
+-- 1. Every index a caller's condition can reach leads with the tenant:
+--    (organization_id, ...), and every select policy bounds organization_id
+--    by equality, so every scan of such an index stays inside the tenant
+--    (btree resolves the policy's and the caller's equalities on the leading
+--    column before it reads anything). The exceptions, each needed and
+--    documented as a residual channel: users' primary key (id) and its
+--    (id, organization_id) key, which the identity helpers and the extension
+--    look users up by; system_prompts' primary key; the expires_at indexes the
+--    cleanup and the refresh workers scan across tenants; the audit
+--    partitions' bounds. Unique values that must be global (slugs) are kept
+--    on an expression that is not leakproof, which no caller condition can
+--    turn into an index condition; equality-only lookups (foreign keys) use
+--    hash indexes.
+-- 2. The tenant gate. For a sequential scan the planner orders the quals; an
+--    equality such as the policy's organization_id = (SELECT ...) goes into an
+--    equivalence class and comes back as a filter after the caller's cheap
+--    leakproof one, so the caller's condition runs on every hidden row first
+--    and, when it matches none, the policy's InitPlan never runs ("loops 0").
+--    So every select policy starts with the operator below: uuid equality
+--    under another name, in no operator family, so it stays a plain qual of
+--    the policy's security level and runs first. Its estimate is neqsel's
+--    (about 1), so the planner's row estimates are unchanged.
+-- 3. Statistics off (SET STATISTICS 0, section 14) for every tenant-value
+--    column, so the planner's estimates for a caller's condition come from
+--    defaults, not from other tenants' values.
+
+CREATE OPERATOR agentapi_auth.=== (
+    FUNCTION = pg_catalog.uuid_eq,
+    LEFTARG = uuid,
+    RIGHTARG = uuid,
+    RESTRICT = neqsel
+);
+
+COMMENT ON OPERATOR agentapi_auth.=== (uuid, uuid) IS
+    'The tenant gate: uuid equality that the planner keeps as the first qual of a select policy (no operator family, so no equivalence class); see section 4.8.';
 
 -- -----------------------------------------------------------------------------
 -- 5. Request context helpers (agentapi_auth)
@@ -1033,7 +1105,8 @@ ALTER TABLE public.audit_logs_default FORCE ROW LEVEL SECURITY;
 CREATE POLICY organizations_owner ON public.organizations TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY organizations_service ON public.organizations TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY organizations_select ON public.organizations FOR SELECT TO agentapi_app
-    USING (id = (SELECT agentapi_auth.organization_id()));
+    USING (id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND id = (SELECT agentapi_auth.organization_id()));
 CREATE POLICY organizations_update_admin ON public.organizations FOR UPDATE TO agentapi_app
     USING (id = (SELECT agentapi_auth.admin_organization_id()))
     WITH CHECK (id = (SELECT agentapi_auth.admin_organization_id()));
@@ -1048,7 +1121,8 @@ COMMENT ON POLICY organizations_update_admin ON public.organizations IS 'Admins 
 CREATE POLICY users_owner ON public.users TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY users_service ON public.users TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY users_select ON public.users FOR SELECT TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.organization_id()));
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id()));
 CREATE POLICY users_insert_admin ON public.users FOR INSERT TO agentapi_app
     WITH CHECK (organization_id = (SELECT agentapi_auth.admin_organization_id()));
 -- One UPDATE policy with two arms, not two permissive policies (lint
@@ -1083,7 +1157,8 @@ COMMENT ON POLICY users_delete_admin ON public.users IS 'Admins delete users of 
 CREATE POLICY user_sessions_owner ON public.user_sessions TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY user_sessions_service ON public.user_sessions TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY user_sessions_select ON public.user_sessions FOR SELECT TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.organization_id())
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.user_id())
                 OR coalesce(organization_id = (SELECT agentapi_auth.admin_organization_id()), false)));
 CREATE POLICY user_sessions_insert_own ON public.user_sessions FOR INSERT TO agentapi_app
@@ -1108,7 +1183,8 @@ COMMENT ON POLICY user_sessions_delete ON public.user_sessions IS 'Users delete 
 CREATE POLICY mcp_configurations_owner ON public.mcp_configurations TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY mcp_configurations_service ON public.mcp_configurations TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY mcp_configurations_select ON public.mcp_configurations FOR SELECT TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.organization_id())
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id IS NULL OR user_id = (SELECT agentapi_auth.user_id())));
 CREATE POLICY mcp_configurations_insert ON public.mcp_configurations FOR INSERT TO agentapi_app
     WITH CHECK ((user_id IS NULL AND organization_id = (SELECT agentapi_auth.admin_organization_id()))
@@ -1135,7 +1211,9 @@ COMMENT ON POLICY mcp_configurations_delete ON public.mcp_configurations IS 'Use
 CREATE POLICY mcp_oauth_tokens_owner ON public.mcp_oauth_tokens TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY mcp_oauth_tokens_service ON public.mcp_oauth_tokens TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens TO agentapi_app
-    USING (user_id = (SELECT agentapi_auth.user_id()))
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id())
+           AND user_id = (SELECT agentapi_auth.user_id()))
     WITH CHECK (user_id = (SELECT agentapi_auth.user_id()));
 
 COMMENT ON POLICY mcp_oauth_tokens_service ON public.mcp_oauth_tokens IS 'agentapi_service (provisioning and maintenance) sees and changes every tenant''s rows; no BYPASSRLS needed.';
@@ -1148,9 +1226,11 @@ COMMENT ON POLICY mcp_oauth_tokens_own ON public.mcp_oauth_tokens IS
 CREATE POLICY system_prompts_owner ON public.system_prompts TO agentapi_owner USING (true) WITH CHECK (true);
 CREATE POLICY system_prompts_service ON public.system_prompts TO agentapi_service USING (true) WITH CHECK (true);
 CREATE POLICY system_prompts_select ON public.system_prompts FOR SELECT TO agentapi_app
-    USING ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
-           OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
-           OR (scope = 'user' AND user_id = (SELECT agentapi_auth.user_id())));
+    USING (coalesce(organization_id, '00000000-0000-0000-0000-000000000000'::uuid)
+               = ANY (ARRAY[(SELECT agentapi_auth.organization_id()), '00000000-0000-0000-0000-000000000000'::uuid])
+           AND ((scope = 'global' AND (SELECT agentapi_auth.organization_id()) IS NOT NULL)
+                OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.organization_id()))
+                OR (scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))));
 CREATE POLICY system_prompts_insert ON public.system_prompts FOR INSERT TO agentapi_app
     WITH CHECK (((scope = 'user' AND user_id = (SELECT agentapi_auth.user_id()))
                  OR (scope = 'organization' AND organization_id = (SELECT agentapi_auth.admin_organization_id())))
@@ -1182,7 +1262,8 @@ CREATE POLICY audit_logs_owner_insert ON public.audit_logs FOR INSERT TO agentap
 CREATE POLICY audit_logs_service_select ON public.audit_logs FOR SELECT TO agentapi_service USING (true);
 CREATE POLICY audit_logs_service_insert ON public.audit_logs FOR INSERT TO agentapi_service WITH CHECK (true);
 CREATE POLICY audit_logs_select ON public.audit_logs FOR SELECT TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.organization_id())
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id())
            AND (user_id = (SELECT agentapi_auth.user_id())
                 OR coalesce(organization_id = (SELECT agentapi_auth.admin_organization_id()), false)));
 CREATE POLICY audit_logs_insert_self ON public.audit_logs FOR INSERT TO agentapi_app
@@ -1520,6 +1601,7 @@ DECLARE
     month_end date;
     part_name text;
     created integer := 0;
+    zero_column name;
     -- As stored (a validated number), copied as a quoted literal.
     parent_n_distinct text := (
         SELECT pg_catalog.substr(o, 12)
@@ -1566,6 +1648,16 @@ BEGIN
                 'ALTER TABLE public.%I ALTER COLUMN organization_id SET (n_distinct = %L)',
                 part_name, parent_n_distinct);
         END IF;
+        -- No statistics on tenant values (section 14): a new partition's columns
+        -- start with the default target, so copy the parent's zeros.
+        FOR zero_column IN
+            SELECT a.attname FROM pg_catalog.pg_attribute AS a
+             WHERE a.attrelid = 'public.audit_logs'::pg_catalog.regclass AND a.attnum > 0
+               AND NOT a.attisdropped AND a.attstattarget = 0
+        LOOP
+            EXECUTE pg_catalog.format('ALTER TABLE public.%I ALTER COLUMN %I SET STATISTICS 0',
+                                      part_name, zero_column);
+        END LOOP;
         EXECUTE pg_catalog.format('REVOKE ALL ON public.%I FROM PUBLIC', part_name);
         EXECUTE pg_catalog.format('REVOKE UPDATE, DELETE, TRUNCATE ON public.%I FROM agentapi_owner', part_name);
         -- Row triggers are cloned from the parent; statement-level TRUNCATE triggers are not.
@@ -2341,11 +2433,13 @@ RESET ROLE;
 SET ROLE agentapi_owner;
 
 CREATE TABLE public.organization_data_keys (
-    key_id           text        PRIMARY KEY,
+    key_id           text        NOT NULL,
     organization_id  uuid        NOT NULL REFERENCES public.organizations (id) ON DELETE CASCADE,
     wrapped_key      text        NOT NULL,
     is_primary       boolean     NOT NULL DEFAULT true,
     created_at       timestamptz NOT NULL DEFAULT now(),
+    -- Tenant-leading (4.8); also what the cascade from organizations uses.
+    CONSTRAINT organization_data_keys_pkey PRIMARY KEY (organization_id, key_id),
     CONSTRAINT organization_data_keys_key_id_format CHECK (key_id ~ '^[0-9a-f]{16}$'),
     CONSTRAINT organization_data_keys_wrapped_format CHECK (wrapped_key ~ '^ag1:[0-9a-f]{16}:[A-Za-z0-9+/=]+$')
 );
@@ -2353,7 +2447,6 @@ CREATE TABLE public.organization_data_keys (
 -- until a data-key rotation has moved every value off them.
 CREATE UNIQUE INDEX organization_data_keys_primary_key ON public.organization_data_keys (organization_id)
     WHERE is_primary;
-CREATE INDEX organization_data_keys_organization_id_idx ON public.organization_data_keys (organization_id);
 
 ALTER TABLE public.organization_data_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.organization_data_keys FORCE ROW LEVEL SECURITY;
@@ -2362,7 +2455,8 @@ CREATE POLICY organization_data_keys_owner ON public.organization_data_keys TO a
 CREATE POLICY organization_data_keys_service ON public.organization_data_keys TO agentapi_service
     USING (true) WITH CHECK (true);
 CREATE POLICY organization_data_keys_select ON public.organization_data_keys FOR SELECT TO agentapi_app
-    USING (organization_id = (SELECT agentapi_auth.organization_id()));
+    USING (organization_id OPERATOR(agentapi_auth.===) ANY (ARRAY[(SELECT agentapi_auth.organization_id())])
+           AND organization_id = (SELECT agentapi_auth.organization_id()));
 CREATE POLICY organization_data_keys_insert ON public.organization_data_keys FOR INSERT TO agentapi_app
     WITH CHECK (organization_id = (SELECT agentapi_auth.organization_id()) AND is_primary);
 
@@ -2374,7 +2468,6 @@ COMMENT ON COLUMN public.organization_data_keys.wrapped_key IS 'The data key (64
 COMMENT ON COLUMN public.organization_data_keys.is_primary IS 'The key new secrets of the organization are encrypted with (one per organization); the others only decrypt during a data-key rotation.';
 COMMENT ON COLUMN public.organization_data_keys.created_at IS 'When the data key was made.';
 COMMENT ON INDEX public.organization_data_keys_primary_key IS 'At most one primary data key per organization; concurrent first writes race on it and one wins.';
-COMMENT ON INDEX public.organization_data_keys_organization_id_idx IS 'An organization''s data keys (rotation, shredding, and the cascade from organizations).';
 COMMENT ON CONSTRAINT organization_data_keys_key_id_format ON public.organization_data_keys IS 'A key id is 16 lowercase hex digits.';
 COMMENT ON CONSTRAINT organization_data_keys_wrapped_format ON public.organization_data_keys IS 'A wrapped key is an ag1 ciphertext.';
 COMMENT ON POLICY organization_data_keys_owner ON public.organization_data_keys IS 'The owner manages every data key.';
@@ -2384,5 +2477,41 @@ COMMENT ON POLICY organization_data_keys_insert ON public.organization_data_keys
 
 GRANT SELECT, INSERT ON public.organization_data_keys TO agentapi_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public.organization_data_keys TO agentapi_service;
+
+-- 14. Side channels: no statistics on tenant values (section 4.8, measure 3)
+--
+-- The planner estimates a caller's condition from the column's statistics,
+-- which cover every tenant's rows, and for a leakproof operator it uses them
+-- under RLS too: EXPLAIN's row estimate for "email < 'm'" would tell how
+-- many addresses of all tenants sort before 'm'. So ANALYZE keeps no
+-- statistics on any column of the tenant tables except those the plans need
+-- and whose values the policy does not hide per tenant:
+--   * organization_id (the tenant: the plans rest on its estimate, section
+--     12.4; what it can tell is how big a tenant is, docs/side-channels.md);
+--   * expires_at of user_sessions and mcp_oauth_tokens (cleanup and the
+--     refresh workers scan it across tenants; a residual channel anyway);
+--   * audit_logs."timestamp" (the partition key; admin pages by time range).
+-- audit_ensure_partitions() gives new partitions the same targets, and lint
+-- 016_tenant_value_statistics reports any column that has statistics again.
+DO $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT c.oid::pg_catalog.regclass AS rel, a.attname
+          FROM pg_catalog.pg_class AS c
+          JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+         WHERE c.relnamespace = 'public'::pg_catalog.regnamespace
+           AND c.relname IN ('organizations', 'users', 'user_sessions', 'mcp_configurations',
+                             'mcp_oauth_tokens', 'system_prompts', 'audit_logs', 'organization_data_keys')
+           AND a.attname <> 'organization_id'
+           AND (c.relname, a.attname) NOT IN (('user_sessions', 'expires_at'), ('mcp_oauth_tokens', 'expires_at'),
+                                              ('audit_logs', 'timestamp'))
+    LOOP
+        -- Without ONLY: audit_logs passes it on to its partitions.
+        EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS 0', col.rel, col.attname);
+    END LOOP;
+END
+$$;
 
 RESET ROLE;

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -28,6 +29,8 @@ REQUIRED_LINTS = {
     "views_security_invoker",
     "duplicate_indexes",
     "missing_comments",
+    "tenant_value_statistics",
+    "global_tenant_indexes",
 }
 
 
@@ -252,6 +255,28 @@ MISTAKES: tuple[Mistake, ...] = (
         "app_role_posture", "service_with_createdb",
         ("ALTER ROLE agentapi_service CREATEDB",),
         "role agentapi_service", "has CREATEDB",
+    ),
+    Mistake(
+        "tenant_value_statistics", "statistics_back_on_email",
+        ("ALTER TABLE public.users ALTER COLUMN email SET STATISTICS 100",),
+        "column public.users.email", "keeps planner statistics (statistics target 100)",
+    ),
+    Mistake(
+        "tenant_value_statistics", "partition_made_by_hand",
+        ("CREATE TABLE public.audit_logs_y2099m01 PARTITION OF public.audit_logs"
+         " FOR VALUES FROM ('2099-01-01') TO ('2099-02-01')",),
+        "column public.audit_logs_y2099m01.action", "keeps planner statistics",
+    ),
+    Mistake(
+        "global_tenant_indexes", "index_on_email",
+        ("CREATE INDEX users_email_idx ON public.users (email)",),
+        "index public.users_email_idx", "leads with email, not the tenant",
+    ),
+    Mistake(
+        "global_tenant_indexes", "tenant_second",
+        ("CREATE INDEX sessions_path_idx ON public.user_sessions"
+         " (workspace_path, organization_id)",),
+        "index public.sessions_path_idx", "leads with workspace_path",
     ),
     Mistake(
         "multiple_permissive_policies", "second_update_policy",
@@ -492,3 +517,28 @@ def test_policy_made_under_another_search_path_is_checked(db: TestDatabase) -> N
     assert [(f.object, f.detail.split(" outside")[0]) for f in findings] == [
         ("policy bare on public.users", "USING calls agentapi_auth.user_id(...)")
     ]
+
+
+_NEW_PARTITION_TARGETS = """
+SELECT a.attname::text, a.attstattarget
+  FROM pg_inherits AS i JOIN pg_attribute AS a ON a.attrelid = i.inhrelid
+ WHERE i.inhparent = 'public.audit_logs'::regclass AND a.attrelid::regclass::text = %s
+   AND a.attname IN ('action', 'user_id', 'organization_id') ORDER BY 1
+"""
+
+
+def test_partitions_made_by_upkeep_keep_no_statistics(db: TestDatabase) -> None:
+    """audit_ensure_partitions() gives a new partition the parent's zero targets
+    (section 14), so partition upkeep never brings tenant-value statistics back."""
+    conn = db.connect()
+    try:
+        made = conn.execute("SELECT audit_ensure_partitions(0, 24)").fetchone()
+        assert made is not None and made[0] > 0
+        oldest = (datetime.now(UTC).replace(day=1) - timedelta(days=1)).replace(day=1)
+        name = oldest.strftime("audit_logs_y%Ym%m")
+        targets: dict[str, int] = dict(conn.execute(_NEW_PARTITION_TARGETS, (name,)).fetchall())
+        assert targets["action"] == 0 and targets["user_id"] == 0, targets
+        assert targets["organization_id"] != 0, targets  # the tenant keeps its statistics
+        assert run_lints(conn, ["tenant_value_statistics"]) == []
+    finally:
+        conn.rollback()

@@ -35,7 +35,9 @@ INSUFFICIENT_PRIVILEGE = "42501"
 ORG1, ORG2, ORG_EMPTY = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 U1, U2, U3 = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()  # U1, U2 in ORG1; U3 in ORG2
 CFG_ORG_OAUTH, CFG_U1_OAUTH, CFG_ORG_BEARER, CFG_ORG2_OAUTH = (uuid.uuid4() for _ in range(4))
+AUDIT1 = uuid.uuid4()  # the seeded event of U1 (an id only the owner or a superuser may supply)
 IDS: dict[str, Any] = {
+    "audit1": AUDIT1,
     "org1": ORG1, "org2": ORG2, "org_empty": ORG_EMPTY, "u1": U1, "u2": U2, "u3": U3,
     "cfg_org_oauth": CFG_ORG_OAUTH, "cfg_u1_oauth": CFG_U1_OAUTH,
     "cfg_org_bearer": CFG_ORG_BEARER, "cfg_org2_oauth": CFG_ORG2_OAUTH,
@@ -61,8 +63,8 @@ _SEED = (
     """INSERT INTO mcp_oauth_tokens (user_id, organization_id, mcp_configuration_id,
                                      oauth_provider, access_token)
        VALUES (%(u1)s, %(org1)s, %(cfg_org_oauth)s, 'github', 'ciphertext')""",
-    """INSERT INTO audit_logs (user_id, organization_id, action, resource_type)
-       VALUES (%(u1)s, %(org1)s, 'seed', 'test')""",
+    """INSERT INTO audit_logs (id, "timestamp", user_id, organization_id, action, resource_type)
+       VALUES (%(audit1)s, date_trunc('hour', now()), %(u1)s, %(org1)s, 'seed', 'test')""",
     # audit_logs_default refuses new rows; plant one (as if stored before that
     # trigger existed) to show the default partition is append-only too.
     "ALTER TABLE audit_logs_default DISABLE TRIGGER audit_logs_refuse_unpartitioned",
@@ -105,6 +107,10 @@ _PROMPT = (
 _AUDIT = (
     "INSERT INTO audit_logs (action, resource_type, details)"
     " VALUES (%(action)s, %(resource_type)s, %(details)s)"
+)
+_AUDIT_SAME_ID = (
+    'INSERT INTO audit_logs (id, "timestamp", organization_id, action, resource_type)'
+    " VALUES (%(id)s, date_trunc('hour', now()), %(organization_id)s, 'again', 'test')"
 )
 _CONFIG_SET_SCOPE = (
     "UPDATE mcp_configurations SET organization_id = %(organization_id)s, user_id = %(user_id)s"
@@ -268,6 +274,8 @@ VIOLATIONS: tuple[Violation, ...] = (
     V("config_name_blank", _config(name=" "), CHECK, "mcp_configurations_name_not_blank"),
     V("config_name_tab", _config(name="\t"), CHECK, "mcp_configurations_name_not_blank"),
     V("org_wide_name_taken", _config(name="shared"), UNIQUE, "mcp_configurations_name_key"),
+    V("org_wide_name_taken_other_case", _config(name="Shared"), UNIQUE,
+      "mcp_configurations_name_key"),
     V("personal_name_taken", _config(name="mine", user_id=U1), UNIQUE,
       "mcp_configurations_name_key"),
     V("personal_config_user_of_other_org", _config(user_id=U3), FOREIGN_KEY,
@@ -403,14 +411,28 @@ def test_every_named_constraint_has_a_violation(conn: Conn) -> None:
     with acting(conn, None):
         named = {str(r[0]) for r in conn.execute(_CONTRACT_CONSTRAINTS, (_CONTRACT_TABLES,))}
         named |= {str(r[0]) for r in conn.execute(_UNIQUE_INDEXES, (_CONTRACT_TABLES,))}
-    covered = {v.constraint for v in VIOLATIONS}
-    # Targets of the composite foreign keys: (id, ...) is unique because id is the primary key.
-    composite_targets = {
-        "users_id_organization_id_key",
-        "mcp_configurations_id_organization_id_key",
-    }
+    covered = {v.constraint for v in VIOLATIONS} | {"audit_logs_organization_id_id_key"}
+    # Target of the composite foreign keys: (id, ...) is unique because id is the primary key.
+    composite_targets = {"users_id_organization_id_key"}
     assert named - covered == composite_targets
     assert "users_organization_id_email_key" in named
+
+
+_PARENT_CONSTRAINT = (
+    "SELECT p.conname FROM pg_constraint AS c JOIN pg_constraint AS p ON p.oid = c.conparentid"
+    " WHERE c.conname = %s"
+)
+
+
+def test_repeated_audit_event_id_is_refused(conn: Conn) -> None:
+    """The same event id twice in an organization (at the same time) violates the
+    tenant-leading unique key, through the partition's copy of it."""
+    with acting(conn, None):
+        with pytest.raises(psycopg.errors.UniqueViolation) as info, conn.transaction():
+            conn.execute(_AUDIT_SAME_ID.encode(), {"id": AUDIT1, "organization_id": ORG1})
+        name = info.value.diag.constraint_name
+        parent = conn.execute(_PARENT_CONSTRAINT, (name,)).fetchone()
+        assert parent is not None and parent[0] == "audit_logs_organization_id_id_key", name
 
 
 def test_token_update_to_invisible_config_is_refused(conn: Conn) -> None:

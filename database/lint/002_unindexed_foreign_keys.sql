@@ -2,7 +2,10 @@
 --
 -- What: every foreign key on a table in public or agentapi_auth is covered by
 -- an index of the referencing table whose leading columns are exactly the
--- key's columns, in any order. A partial index counts only when its predicate
+-- key's columns, in any order, or a hash index on one of the key's columns
+-- (the equality lookups of ON DELETE / ON UPDATE can use it; hash indexes
+-- are how the schema indexes tenant values no range condition may reach,
+-- docs/side-channels.md). A partial index counts only when its predicate
 -- is nothing but "<fk column> IS NOT NULL" tests (which every referencing row
 -- satisfies); any other predicate, e.g. "scope = 'user'", cannot be used by the
 -- lookups PostgreSQL runs for ON DELETE / ON UPDATE actions. Invalid indexes
@@ -40,11 +43,16 @@ candidates AS (
       FROM fks AS fk
       JOIN pg_catalog.pg_index AS i ON i.indrelid = fk.conrelid
      WHERE i.indisvalid
-       AND i.indnkeyatts >= fk.nkeys
-       -- the first nkeys index columns are the key's columns, in any order
-       AND (SELECT pg_catalog.array_agg(k ORDER BY k)
-              FROM pg_catalog.unnest((pg_catalog.string_to_array(i.indkey::text, ' ')::int2[])[1:fk.nkeys]) AS k)
-           = (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.unnest(fk.conkey) AS k)
+       AND ((i.indnkeyatts >= fk.nkeys
+             -- the first nkeys index columns are the key's columns, in any order
+             AND (SELECT pg_catalog.array_agg(k ORDER BY k)
+                    FROM pg_catalog.unnest((pg_catalog.string_to_array(i.indkey::text, ' ')::int2[])[1:fk.nkeys]) AS k)
+                 = (SELECT pg_catalog.array_agg(k ORDER BY k) FROM pg_catalog.unnest(fk.conkey) AS k))
+            -- or a hash index on one of the key's columns (equality lookups only,
+            -- which is all the foreign key's actions run; docs/side-channels.md)
+            OR ((SELECT am.amname FROM pg_catalog.pg_class AS ic JOIN pg_catalog.pg_am AS am ON am.oid = ic.relam
+                  WHERE ic.oid = i.indexrelid) = 'hash'
+                AND i.indkey[0] = ANY (fk.conkey)))
 ),
 usable AS (
     SELECT cand.fk_oid, cand.indexrelid

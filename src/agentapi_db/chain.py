@@ -43,7 +43,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- SQL
 
-_SQL_ORG_BY_SLUG: Final[LiteralString] = "SELECT id FROM public.organizations WHERE slug = %s"
+_SQL_ORG_BY_SLUG: Final[LiteralString] = (
+    "SELECT id FROM public.organizations WHERE lower(slug) = %s"
+)
 _SQL_ENABLE: Final[LiteralString] = "SELECT public.audit_chain_enable(%s)"
 _SQL_ENROLLED: Final[LiteralString] = """
 SELECT h.organization_id, o.slug

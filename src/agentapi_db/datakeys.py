@@ -32,7 +32,7 @@ from agentapi_db.opsdb import Conn, service_transaction
 __all__ = ["DataKeyRotation", "ShredResult", "delete_organization", "rotate_org_data_key"]
 
 _SQL_ORG: Final[LiteralString] = """
-SELECT id, name, slug FROM public.organizations WHERE slug = %(slug)s FOR UPDATE
+SELECT id, name, slug FROM public.organizations WHERE lower(slug) = %(slug)s FOR UPDATE
 """
 
 _SQL_ORG_KEYS: Final[LiteralString] = """

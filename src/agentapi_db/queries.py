@@ -64,7 +64,7 @@ SELECT id, name, slug, metadata, created_at, updated_at
 ORG_GET_BY_SLUG: Final[LiteralString] = """
 SELECT id, name, slug, metadata, created_at, updated_at
   FROM public.organizations
- WHERE slug = %(slug)s
+ WHERE lower(slug) = %(slug)s
 """
 
 ORG_LIST: Final[LiteralString] = """
